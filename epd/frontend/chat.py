@@ -1,0 +1,46 @@
+"""OpenAI chat messages → the chat-template form of HF processors, with the media pulled out in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# OpenAI part type → (modality, key holding {"url": ...})
+MEDIA_PARTS = {"image_url": ("image", "image_url")}
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    modality: str
+    source: str
+
+
+def to_template_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[MediaRef]]:
+    """Messages whose media parts are bare ``{"type": "image"}`` placeholders, and the media in prompt order."""
+    out, media = [], []
+    for turn, msg in enumerate(messages):
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"message {turn}: role {role!r} is not system, user or assistant")
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        if not isinstance(content, list):
+            raise ValueError(f"message {turn}: content must be a string or a list of parts")
+        parts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                parts.append({"type": "text", "text": part.get("text", "")})
+            elif kind in MEDIA_PARTS:
+                modality, key = MEDIA_PARTS[kind]
+                ref = part.get(key)
+                url = ref.get("url") if isinstance(ref, dict) else ref
+                if not isinstance(url, str) or not url:
+                    raise ValueError(f"message {turn}: {kind} part without a url")
+                parts.append({"type": modality})
+                media.append(MediaRef(modality, url))
+            else:
+                raise ValueError(f"message {turn}: unsupported content part type {kind!r}")
+        out.append({"role": role, "content": parts})
+    return out, media

@@ -1,0 +1,171 @@
+"""A simple, correct continuous-batching engine: whole-prompt prefill, batched decode, per-seq KV.
+
+One ``step`` admits ready requests under the token budget, runs one flat forward for the admitted
+prefills and every running decode, samples one token per sequence and returns the outputs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from epd.language.config import EngineConfig
+from epd.language.decoder import TextDecoder
+from epd.language.sequence import Sequence
+from epd.models import ItemMeta, LanguageSide
+from epd.protocol import NewRequest, RequestOutput
+from epd_kernels import merge_embeddings
+
+
+class LanguageEngine:
+    def __init__(self, side: LanguageSide, cfg: EngineConfig, device: torch.device) -> None:
+        self.side = side
+        self.cfg = cfg
+        self.device = device
+        self.decoder = TextDecoder(side.text_model, side.lm_head)
+        self.waiting: dict[str, Sequence] = {}  # waiting for embeddings or for admission, FIFO
+        self.running: list[Sequence] = []
+        self._early_items: dict[str, list[tuple]] = {}  # items that beat their NewRequest here
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or any(seq.ready for seq in self.waiting.values())
+
+    def add_request(self, req: NewRequest) -> None:
+        seq = Sequence(request=req)
+        seq.stamp("language_arrival")
+        if req.sampling.temperature > 0:
+            seq.generator = torch.Generator(device=self.device)
+            seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None else time.time_ns())
+        self.waiting[req.request_id] = seq
+        for args in self._early_items.pop(req.request_id, []):
+            self.add_item(*args)
+
+    def add_item(
+        self,
+        request_id: str,
+        index: int,
+        meta: ItemMeta | None,
+        embeds: torch.Tensor | None,
+        error: str | None,
+        timestamps: dict[str, float],
+    ) -> None:
+        """An encoder's result for one item; an error fails the whole request."""
+        seq = self.waiting.get(request_id)
+        if seq is None:
+            self._early_items.setdefault(request_id, []).append((request_id, index, meta, embeds, error, timestamps))
+            return
+        seq.merge_item_timestamps(timestamps)
+        if error is not None:
+            seq.error = seq.error or f"media item {index}: {error}"
+        elif meta is not None and embeds is not None:
+            seq.items[index] = (meta, embeds)
+        if seq.ready:
+            seq.stamp("embeddings_ready")
+
+    def step(self) -> list[RequestOutput]:
+        outputs = self._fail_errored()
+        prefills = self._admit()
+        batch = prefills + self.running
+        if not batch:
+            return outputs
+        embeds, positions, seq_lens = self._inputs(prefills)
+        for seq in prefills:
+            seq.stamp("prefill_start")
+        logits = self.decoder.forward(embeds, positions, seq_lens, [seq.cache for seq in batch])
+        tokens = self._sample(logits, batch)
+        emitted = [self._emit(seq, token) for seq, token in zip(batch, tokens, strict=True)]
+        self.running = [seq for seq, out in zip(batch, emitted, strict=True) if not out.finished]
+        return outputs + emitted
+
+    def _fail_errored(self) -> list[RequestOutput]:
+        failed = [seq for seq in self.waiting.values() if seq.error is not None]
+        for seq in failed:
+            del self.waiting[seq.id]
+        return [
+            RequestOutput(
+                request_id=seq.id, finished=True, finish_reason="error", error=seq.error, timestamps=seq.timestamps
+            )
+            for seq in failed
+        ]
+
+    def _admit(self) -> list[Sequence]:
+        budget = self.cfg.max_batch_tokens - len(self.running)
+        admitted = []
+        for seq in list(self.waiting.values()):
+            if not seq.ready or len(self.running) + len(admitted) >= self.cfg.max_num_seqs:
+                continue
+            self._prepare(seq)
+            # a prompt over the whole budget still runs alone: this engine has no chunked prefill
+            if seq.prompt_len > budget and (admitted or self.running):
+                break
+            admitted.append(seq)
+            budget -= seq.prompt_len
+            del self.waiting[seq.id]
+        return admitted
+
+    def _prepare(self, seq: Sequence) -> None:
+        """Expand placeholders, merge embeddings and compute positions (once per request)."""
+        if seq.prompt_embeds is not None:
+            return
+        refs = sorted(seq.items)
+        metas = [seq.items[i][0] for i in refs]
+        ids, mm_types = self.side.expand(seq.request.prompt_token_ids, metas)
+        positions, seq.rope_delta = self.side.positions(ids, mm_types, metas)
+        mm_rows = torch.nonzero(mm_types, as_tuple=True)[0].to(self.device)
+        mm = [seq.items[i][1].to(self.device) for i in refs]
+        mm_embeds = torch.cat(mm) if mm else self.decoder.embed_table.new_empty(0, self.decoder.embed_table.shape[1])
+        seq.prompt_embeds = merge_embeddings(ids.to(self.device), self.decoder.embed_table, mm_rows, mm_embeds)
+        seq.prompt_positions = positions.to(self.device)
+        seq.prompt_len = ids.numel()
+        seq.items.clear()  # the embeddings now live in prompt_embeds
+
+    def _inputs(self, prefills: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        embeds, positions, seq_lens = [], [], []
+        for seq in prefills:
+            embeds.append(seq.prompt_embeds)
+            positions.append(seq.prompt_positions)
+            seq_lens.append(seq.prompt_len)
+            seq.prompt_embeds = seq.prompt_positions = None  # held by the KV cache from now on
+        if self.running:
+            last = torch.tensor([seq.output_ids[-1] for seq in self.running], device=self.device)
+            embeds.append(self.decoder.embed_table[last])
+            # decode position = prompt length + tokens generated so far - 1 + rope delta, on all axes
+            pos = [seq.prompt_len + len(seq.output_ids) - 1 + seq.rope_delta for seq in self.running]
+            positions.append(torch.tensor(pos, device=self.device).expand(3, -1))
+            seq_lens.extend([1] * len(self.running))
+        return torch.cat(embeds), torch.cat(positions, dim=1), seq_lens
+
+    def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
+        greedy = logits.argmax(-1).tolist()
+        tokens = []
+        for row, seq, tok in zip(logits, batch, greedy, strict=True):
+            temp = seq.request.sampling.temperature
+            if temp > 0:
+                probs = torch.softmax(row.float() / temp, dim=-1)
+                tok = int(torch.multinomial(probs, 1, generator=seq.generator).item())
+            tokens.append(tok)
+        return tokens
+
+    def _emit(self, seq: Sequence, token: int) -> RequestOutput:
+        first = not seq.output_ids
+        seq.output_ids.append(token)
+        sp = seq.request.sampling
+        reason = None
+        if not sp.ignore_eos and token in self.side.eos_token_ids:
+            reason = "stop"
+        elif len(seq.output_ids) >= sp.max_tokens:
+            reason = "length"
+        if first:
+            seq.stamp("first_token")
+        if reason:
+            seq.stamp("finished")
+        return RequestOutput(
+            request_id=seq.id,
+            token_ids=[token],
+            finished=reason is not None,
+            finish_reason=reason,
+            num_prompt_tokens=seq.prompt_len,
+            timestamps=seq.timestamps if (first or reason) else {},
+        )

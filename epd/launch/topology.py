@@ -1,0 +1,57 @@
+"""Which role each rank plays: the topology (`conf/topology/*.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLES = ("colocated", "encoder", "language")
+
+
+@dataclass(kw_only=True)
+class InstanceConfig:
+    """One engine instance; rank i of the job runs instance i."""
+
+    role: str
+    """``encoder`` (media → embeddings), ``language`` (prefill + decode) or ``colocated`` (all)."""
+    gpu: int | None = None
+    """CUDA device index on the node; ``None`` spreads ranks over the node's GPUs by local rank."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown instance role {self.role!r}; known roles: {', '.join(ROLES)}")
+
+
+@dataclass(kw_only=True)
+class TopologyConfig:
+    """The instances of one experiment; ``+topology=<name>`` picks one, none means colocated."""
+
+    name: str = "colocated"
+    instances: list[InstanceConfig] = field(default_factory=lambda: [InstanceConfig(role="colocated")])
+
+    def __post_init__(self) -> None:
+        roles = [inst.role for inst in self.instances]
+        if not roles:
+            raise ValueError(f"topology {self.name!r} has no instances")
+        if "colocated" in roles and len(roles) > 1:
+            raise ValueError(f"topology {self.name!r}: a colocated instance must be the only instance")
+        if "colocated" not in roles and ("encoder" not in roles or "language" not in roles):
+            raise ValueError(
+                f"topology {self.name!r} needs at least one encoder and one language instance "
+                f"(or a single colocated one); it has {roles}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return len(self.instances)
+
+    def ranks_with(self, role: str) -> list[int]:
+        """Ranks whose instance does ``role`` (a colocated instance does every role)."""
+        return [r for r, inst in enumerate(self.instances) if inst.role in (role, "colocated")]
+
+    @property
+    def encoder_ranks(self) -> list[int]:
+        return self.ranks_with("encoder")
+
+    @property
+    def language_ranks(self) -> list[int]:
+        return self.ranks_with("language")

@@ -1,0 +1,52 @@
+"""RequestRecord: what the frontend measured about one request, and reading records back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+
+class RequestRecord(msgspec.Struct, kw_only=True):
+    """One request as the frontend saw it. Times are wall-clock seconds (`time.time()`).
+
+    `timestamps` maps a stage name to the time it was reached ("tokenized", "encode_start",
+    "encode_end", "transfer_end", "prefill_start", "first_token", "finished", ...); any stage may
+    be missing. `token_times[i]` is when output token i reached the frontend (tokens that arrive
+    together share a time). A record with `error` set failed; `warmup` records are left out of
+    every statistic.
+    """
+
+    id: str
+    arrival: float
+    """When the request entered the frontend (its TTFT and E2E start here)."""
+    timestamps: dict[str, float] = {}
+    token_times: list[float] = []
+    output_token_ids: list[int] = []
+    output_text: str = ""
+    num_prompt_tokens: int = 0
+    error: str | None = None
+    warmup: bool = False
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Output tokens produced (the ids when recorded, else one per token time)."""
+        return len(self.output_token_ids) or len(self.token_times)
+
+
+def record_to_dict(record: RequestRecord) -> dict:
+    """A record as plain JSON-able builtins (every field)."""
+    return msgspec.to_builtins(record)
+
+
+def load_records(path: Path) -> list[RequestRecord]:
+    """Records from a run's results.json, its requests.jsonl, or the run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        rows = json.loads(path.read_text())["requests"]
+    return [msgspec.convert(row, RequestRecord) for row in rows]

@@ -1,0 +1,31 @@
+"""Which checkpoint a run serves, and how it is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """``conf/model/*.yaml``. Exactly one source: ``path``, ``tiny`` or ``name`` (in that priority)."""
+
+    name: str | None = None
+    """Hugging Face id of the real checkpoint, looked up in the local HF cache (no download)."""
+    path: str | None = None
+    """Local HF checkpoint directory; overrides ``name`` and ``tiny``."""
+    tiny: str | None = None
+    """Family of an epd-written tiny checkpoint, built once and cached (tests, default experiment)."""
+    tiny_seed: int = 0
+    """Seed of the tiny checkpoint's weights."""
+    random_init: bool = False
+    """Real architecture from the checkpoint's config.json, random weights built on the device."""
+    dtype: str = "auto"
+    """``auto`` = bfloat16 on GPU, float32 on CPU."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not (self.path or self.tiny or self.name):
+            raise ValueError("no model given: set model.path=<dir>, or pick model=<preset>")

@@ -1,0 +1,1 @@
+"""One module per supported model family (registered in ``epd.models.FAMILIES``)."""

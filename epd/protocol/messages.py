@@ -1,0 +1,103 @@
+"""Typed control-plane messages. Encoded with msgspec (msgpack); never pickled.
+
+Every message carries the protocol version; a peer speaking another version is refused with a
+clear error instead of being misread. Tensors never travel here: only a transfer handle does.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from epd.transfer import TransferHandle
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, tag=True, kw_only=True):
+    """Base of every control message; ``v`` is the protocol version."""
+
+    v: int = PROTOCOL_VERSION
+
+
+class SamplingParams(msgspec.Struct, kw_only=True):
+    max_tokens: int = 16
+    temperature: float = 0.0
+    ignore_eos: bool = False
+    seed: int | None = None
+
+
+class ItemRef(msgspec.Struct, kw_only=True):
+    index: int
+    modality: str
+    encoder_rank: int
+
+
+class EncodeItem(Message):
+    """frontend → encoder: fetch, preprocess and encode one media item of a request."""
+
+    request_id: str
+    index: int
+    modality: str
+    source: str
+    language_rank: int
+
+
+class NewRequest(Message):
+    """frontend → language: a tokenized prompt (one placeholder token per media item)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    items: list[ItemRef]
+    sampling: SamplingParams
+
+
+class ItemReady(Message):
+    """encoder → language: one item's embeddings were sent (or the item failed: ``error``)."""
+
+    request_id: str
+    index: int
+    modality: str
+    grid_thw: list[int] = []
+    num_tokens: int = 0
+    handle: TransferHandle | None = None
+    error: str | None = None
+    timestamps: dict[str, float] = {}
+
+
+class RequestOutput(Message):
+    """language → frontend: new tokens of a request, its stage timestamps, and whether it ended."""
+
+    request_id: str
+    token_ids: list[int] = []
+    finished: bool = False
+    finish_reason: str | None = None
+    error: str | None = None
+    num_prompt_tokens: int = 0
+    timestamps: dict[str, float] = {}
+
+
+class Shutdown(Message):
+    """frontend → every rank: the run is over."""
+
+    reason: str = "done"
+
+
+AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | Shutdown
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(msg: Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes) -> AnyMessage:
+    """Decode one message; a malformed frame or another protocol version raises ``ValueError``."""
+    try:
+        msg = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"malformed control message: {exc}") from exc
+    if msg.v != PROTOCOL_VERSION:
+        raise ValueError(f"peer speaks protocol v{msg.v}, this epd speaks v{PROTOCOL_VERSION}")
+    return msg

@@ -1,0 +1,15 @@
+"""Scheduling policies behind registries: encoder assignment (``scheduler.encoder_policy``)."""
+
+from epd.registry import Registry
+from epd.scheduler.base import EncoderPolicy, MediaItemInfo
+from epd.scheduler.config import SchedulerConfig
+
+ENCODER_POLICIES: Registry[EncoderPolicy] = Registry("encoder policy", "epd.scheduler.encoder")
+
+
+def build_encoder_policy(cfg: SchedulerConfig, encoder_ranks: list[int]) -> EncoderPolicy:
+    """The configured encoder-assignment policy over ``encoder_ranks``."""
+    return ENCODER_POLICIES.get(cfg.encoder_policy)(encoder_ranks)
+
+
+__all__ = ["ENCODER_POLICIES", "EncoderPolicy", "MediaItemInfo", "SchedulerConfig", "build_encoder_policy"]

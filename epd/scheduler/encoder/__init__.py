@@ -1,0 +1,1 @@
+"""Encoder-assignment policies, one file each (registered in ``epd.scheduler.ENCODER_POLICIES``)."""

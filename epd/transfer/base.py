@@ -1,0 +1,211 @@
+"""The data-plane contract: config, wire handle and the backend ABC shared by every backend."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass
+
+import msgspec
+import torch
+import torch.distributed as dist
+
+
+@dataclass(kw_only=True)
+class TransferConfig:
+    """Which data plane moves tensors between ranks, and its knobs (Hydra group `transfer`)."""
+
+    backend: str = "nccl"
+    """Registry key: "nccl" (torch.distributed p2p), "shm" (same host: POSIX shm / CUDA IPC) or
+    "zmq" (TCP multipart frames, any host)."""
+    zmq_host: str = "auto"
+    """Address the zmq data socket binds and advertises. "auto": the local address this host uses
+    to reach the store's host (127.0.0.1 when the whole job runs on one host)."""
+    zmq_port_min: int = 20000
+    """Lowest port the zmq data socket may bind (a random free one in [min, max] is taken)."""
+    zmq_port_max: int = 65000
+    """Highest port the zmq data socket may bind."""
+    zmq_linger_ms: int = 1000
+    """How long close() lets zmq flush frames not yet delivered (-1: forever)."""
+    shm_dir: str = "/dev/shm"
+    """tmpfs directory holding the shm segments (POSIX shared memory on Linux)."""
+    shm_prefix: str = "epd"
+    """Name prefix of shm segments: <prefix>-<rank>-<pid>-<dst>-<transfer_id>."""
+    recv_timeout_s: float = 300.0
+    """recv() raises TimeoutError after waiting this long for data that never arrives (zmq)."""
+
+    def __post_init__(self) -> None:
+        from epd.transfer.registry import known_backends
+
+        if self.backend not in known_backends():
+            raise ValueError(
+                f"transfer.backend={self.backend!r} is not a transfer backend; known: {', '.join(known_backends())}"
+            )
+        if not 1 <= self.zmq_port_min <= self.zmq_port_max <= 65535:
+            raise ValueError(
+                f"need 1 <= transfer.zmq_port_min ({self.zmq_port_min}) <= "
+                f"transfer.zmq_port_max ({self.zmq_port_max}) <= 65535"
+            )
+        if self.zmq_linger_ms < -1:
+            raise ValueError(f"transfer.zmq_linger_ms must be >= -1, got {self.zmq_linger_ms}")
+        if not self.zmq_host:
+            raise ValueError('transfer.zmq_host must be an address or "auto", got ""')
+        if not self.shm_prefix or "/" in self.shm_prefix:
+            raise ValueError(f"transfer.shm_prefix must be a non-empty name without '/', got {self.shm_prefix!r}")
+        if not self.recv_timeout_s > 0:
+            raise ValueError(f"transfer.recv_timeout_s must be > 0, got {self.recv_timeout_s}")
+
+
+class TensorSpec(msgspec.Struct, frozen=True, array_like=True):
+    """dtype (torch name without "torch.", e.g. "bfloat16") and shape of one transferred tensor."""
+
+    dtype: str
+    shape: list[int]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_from_name(self.dtype).itemsize
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> TensorSpec:
+        return cls(dtype=str(tensor.dtype).removeprefix("torch."), shape=list(tensor.shape))
+
+
+class TransferHandle(msgspec.Struct, frozen=True):
+    """Descriptor of one send; the sender ships it to `dst` inside a control-plane message.
+
+    `transfer_id` counts the sends from `src` to `dst` (0, 1, 2, ...). `payload` is backend
+    specific: msgpack bytes of a struct the backend decodes (shm segment name, CUDA IPC handles).
+    """
+
+    backend: str
+    src: int
+    dst: int
+    transfer_id: int
+    specs: list[TensorSpec]
+    payload: bytes = b""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(spec.nbytes for spec in self.specs)
+
+
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """torch.dtype for a TensorSpec dtype name; ValueError when torch has no such dtype."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown torch dtype {name!r}")
+    return dtype
+
+
+def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of `tensor`, contiguous, as a flat uint8 tensor on the same device.
+
+    Bit-exact for every dtype (bfloat16, float8, bool, complex, ...): no value conversion.
+    """
+    if tensor.layout != torch.strided or tensor.is_quantized:
+        raise ValueError(f"only dense strided tensors can be transferred, got {tensor.layout}")
+    # Reinterpret as an integer type of the same width first: some dtypes (int1..7, bits8, ...)
+    # have no copy kernel for contiguous(); integer copies move bits unchanged.
+    tensor = tensor.detach().view(_SAME_WIDTH_INT.get(tensor.dtype.itemsize, tensor.dtype))
+    # x: [*shape] -> [numel] -> [nbytes]; reshape(-1) also turns a 0-d tensor into [1]
+    return tensor.contiguous().reshape(-1).view(torch.uint8)
+
+
+def from_bytes(data: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """Inverse of as_bytes: reinterpret flat uint8 `data` ([spec.nbytes]) as `spec`, no copy."""
+    assert data.dtype == torch.uint8 and data.numel() == spec.nbytes, (data.shape, spec)
+    return data.view(dtype_from_name(spec.dtype)).view(spec.shape)
+
+
+class TransferBackend(ABC):
+    """Moves lists of tensors from one rank to another; the control plane carries the handle.
+
+    Contract:
+    - `send(dst, tensors)` starts the transfer and returns at once with a `TransferHandle`; the
+      caller ships the handle to `dst` over the control plane. The tensors must not be modified
+      until the send completes (`num_inflight` drops; `poll()` notices). On CUDA the send is
+      ordered after the work already queued on the current stream.
+    - `recv(handle)` on `dst` returns new tensors on this backend's `device`, bit-exact, with the
+      specs' dtypes and shapes; on CUDA they are ready for the current stream. Every handle must
+      be passed to exactly one `recv` or `discard` on its destination. Backend-specific ordering
+      rules (nccl: per source, in send order) are in each backend's docstring.
+    - `poll()` makes progress without blocking: frees finished sends, sends acks, drains sockets.
+      The owner's event loop calls it every iteration.
+    - `close()` finishes or cancels what is in flight and frees every resource; idempotent.
+    """
+
+    name: str = ""
+
+    def __init__(
+        self,
+        cfg: TransferConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        store: dist.Store,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.store = store
+        self._next_transfer_id: dict[int, int] = defaultdict(int)
+
+    @abstractmethod
+    def send(self, dst: int, tensors: list[torch.Tensor]) -> TransferHandle:
+        """Start sending `tensors` to rank `dst`; returns the handle to ship to `dst`."""
+
+    @abstractmethod
+    def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
+        """Receive the tensors of `handle` (sent to this rank) on `self.device`."""
+
+    def discard(self, handle: TransferHandle) -> None:
+        """Consume `handle` without keeping its tensors (e.g. the request was aborted)."""
+        self.recv(handle)
+
+    def poll(self) -> None:  # noqa: B027 - a backend with nothing to progress keeps this no-op
+        """Make progress without blocking: free completed sends, deliver acks, drain sockets."""
+
+    @property
+    def num_inflight(self) -> int:
+        """Sends whose tensors this backend still holds (not yet known to be complete)."""
+        return 0
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release every resource; safe to call twice."""
+
+    def __enter__(self) -> TransferBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_dst(self, dst: int) -> None:
+        if not 0 <= dst < self.world_size:
+            raise ValueError(f"dst {dst} is outside world_size {self.world_size}")
+
+    def _new_handle(self, dst: int, specs: list[TensorSpec], payload: bytes = b"") -> TransferHandle:
+        self._check_dst(dst)
+        transfer_id = self._next_transfer_id[dst]
+        self._next_transfer_id[dst] = transfer_id + 1
+        return TransferHandle(
+            backend=self.name, src=self.rank, dst=dst, transfer_id=transfer_id, specs=specs, payload=payload
+        )
+
+    def _check_handle(self, handle: TransferHandle) -> None:
+        if handle.backend != self.name:
+            raise ValueError(f"a {handle.backend!r} handle was passed to the {self.name!r} backend")
+        if handle.dst != self.rank:
+            raise ValueError(f"handle for rank {handle.dst} received on rank {self.rank}")

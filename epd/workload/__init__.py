@@ -1,0 +1,21 @@
+"""Workloads: which requests a run sends, with what media, and when they arrive."""
+
+from epd.workload.arrivals import arrival_times
+from epd.workload.base import (
+    RESOLUTIONS,
+    WorkloadConfig,
+    WorkloadRequest,
+    build_workload,
+    parse_resolution,
+    register_workload,
+)
+
+__all__ = [
+    "RESOLUTIONS",
+    "WorkloadConfig",
+    "WorkloadRequest",
+    "arrival_times",
+    "build_workload",
+    "parse_resolution",
+    "register_workload",
+]

@@ -1,0 +1,169 @@
+"""WorkloadConfig, WorkloadRequest and the registry of workload generators."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# width x height of each resolution preset
+RESOLUTIONS: dict[str, tuple[int, int]] = {
+    "360p": (640, 360),
+    "480p": (854, 480),
+    "720p": (1280, 720),
+    "1080p": (1920, 1080),
+    "1440p": (2560, 1440),
+    "4k": (3840, 2160),
+}
+IMAGE_FORMATS = ("jpeg", "png")
+MAX_SIDE = 16384
+
+# name -> "module:function" (imported on first use) or the function itself
+_WORKLOADS: dict[str, str | Callable[..., list[WorkloadRequest]]] = {
+    "random_image": "epd.workload.random_image:build",
+    "file": "epd.workload.file:build",
+}
+
+
+@dataclass(kw_only=True)
+class WorkloadConfig:
+    """What requests a run sends and when. Fields a generator does not use are ignored."""
+
+    name: str = "random_image"
+    """Generator registry key: "random_image" or "file" (see `register_workload`)."""
+    num_requests: int = 8
+    """Measured requests. For "file", 0 means every line of the file; otherwise at most this many."""
+    request_rate: float = math.inf
+    """Mean arrival rate in requests/s (Poisson, or gamma with `burstiness`); inf = all at t=0."""
+    burstiness: float = 1.0
+    """Gamma shape of the inter-arrival gaps: 1 = Poisson, < 1 burstier, > 1 more regular."""
+    seed: int = 0
+    """Seeds every random choice: arrivals, prompt words and image content."""
+    image_count: int = 1
+    """random_image: images per request (0 = text-only requests)."""
+    resolution: str = "360p"
+    """random_image: a preset (360p 480p 720p 1080p 1440p 4k) or "WxH", e.g. "1024x768"."""
+    image_format: str = "jpeg"
+    """random_image: how the generated files are encoded: "jpeg" (quality 90, ~25 ms per 1080p image
+    per core) or "png" (~10x slower to make, ~5 MB at 1080p)."""
+    num_distinct_images: int = 0
+    """random_image: 0 = every image is distinct (no embedding-cache hits); N > 0 = images are
+    drawn round-robin from a pool of N, so the hit rate of a content cache is known."""
+    input_len: int = 32
+    """random_image: text tokens per request; exact with a tokenizer, else ~1 token per word."""
+    output_len: int = 16
+    """max_tokens of generated requests; default max_tokens of file lines that omit it."""
+    ignore_eos: bool = True
+    """Keep generating past EOS so every request emits max_tokens (fixed output length)."""
+    temperature: float = 0.0
+    """Sampling temperature (0 = greedy); default for file lines that omit it."""
+    path: str | None = None
+    """file: a JSONL file, one OpenAI chat-completions request body per line."""
+    warmup_requests: int = 0
+    """Extra requests sent before the measured ones, flagged `warmup` and left out of the
+    summary. random_image makes them with their own images; file takes the first lines."""
+
+    def __post_init__(self) -> None:
+        if self.name not in _WORKLOADS:
+            raise ValueError(
+                f"workload.name={self.name!r} is not a registered workload; choose one of {sorted(_WORKLOADS)}"
+            )
+        if self.num_requests < 0 or (self.num_requests == 0 and self.name != "file"):
+            raise ValueError(
+                f"workload.num_requests={self.num_requests}: set it to 1 or more "
+                "(0 = whole file is allowed only for workload.name=file)"
+            )
+        if math.isnan(self.request_rate) or self.request_rate <= 0:
+            raise ValueError(
+                f"workload.request_rate={self.request_rate}: set a rate > 0 in requests/s, "
+                "or inf to send every request at t=0"
+            )
+        if not self.burstiness > 0 or math.isinf(self.burstiness):
+            raise ValueError(f"workload.burstiness={self.burstiness}: set a finite value > 0")
+        if self.seed < 0:
+            raise ValueError(f"workload.seed={self.seed}: set it to 0 or more")
+        for field_name in ("image_count", "input_len", "warmup_requests", "num_distinct_images"):
+            if getattr(self, field_name) < 0:
+                raise ValueError(f"workload.{field_name}={getattr(self, field_name)}: set it to 0 or more")
+        if self.output_len < 1:
+            raise ValueError(f"workload.output_len={self.output_len}: set it to 1 or more")
+        if not self.temperature >= 0:
+            raise ValueError(f"workload.temperature={self.temperature}: set it to 0 (greedy) or more")
+        if self.image_format == "jpg":
+            self.image_format = "jpeg"
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"workload.image_format={self.image_format!r}: choose one of {IMAGE_FORMATS}")
+        parse_resolution(self.resolution)
+        if self.name == "random_image" and self.image_count == 0 and self.input_len == 0:
+            raise ValueError("workload.image_count and workload.input_len are both 0: set one to 1 or more")
+        if self.name == "file" and not self.path:
+            raise ValueError("workload.name=file needs workload.path=<a JSONL file of request bodies>")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of `resolution`."""
+        return parse_resolution(self.resolution)
+
+
+def parse_resolution(resolution: str) -> tuple[int, int]:
+    """(width, height) of a preset name ("1080p") or a "WxH" string."""
+    key = resolution.strip().lower()
+    if key in RESOLUTIONS:
+        return RESOLUTIONS[key]
+    match = re.fullmatch(r"(\d+)x(\d+)", key)
+    if match is None or not all(1 <= int(side) <= MAX_SIDE for side in match.groups()):
+        raise ValueError(
+            f"workload.resolution={resolution!r}: use a preset {list(RESOLUTIONS)} "
+            f'or "WxH" with sides from 1 to {MAX_SIDE}, e.g. "1024x768"'
+        )
+    return int(match[1]), int(match[2])
+
+
+@dataclass(kw_only=True)
+class WorkloadRequest:
+    """One request of a run, in OpenAI chat-completions terms.
+
+    `messages` are OpenAI chat messages: {"role", "content"} where content is a string or a list
+    of parts {"type": "text", "text": ...} and {"type": "image_url", "image_url": {"url": ...}};
+    urls are absolute local paths, file:// URLs or data: URIs. `arrival_s` is the offset at which
+    the driver sends the request, from the start of the measured phase; warmup requests have
+    arrival 0 and are meant to be sent (and finished) before that phase starts.
+    """
+
+    id: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float = 0.0
+    ignore_eos: bool = False
+    seed: int | None = None
+    arrival_s: float = 0.0
+    warmup: bool = False
+
+
+WorkloadBuilder = Callable[[WorkloadConfig, Path, Any], list[WorkloadRequest]]
+
+
+def register_workload(name: str, builder: str | WorkloadBuilder) -> None:
+    """Register a generator `builder(cfg, media_dir, tokenizer) -> list[WorkloadRequest]`,
+    given as the function or as "module:function" (imported on first use)."""
+    _WORKLOADS[name] = builder
+
+
+def build_workload(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[WorkloadRequest]:
+    """Build every request of a run: warmup requests first, then measured ones in arrival order.
+
+    Generated media are written into `media_dir` (created if missing). `tokenizer` (a
+    `transformers` tokenizer or a `tokenizers.Tokenizer`) makes text lengths exact.
+    """
+    builder = _WORKLOADS[cfg.name]
+    if isinstance(builder, str):
+        module_name, _, attr = builder.partition(":")
+        builder = getattr(importlib.import_module(module_name), attr)
+        _WORKLOADS[cfg.name] = builder
+    media_dir = Path(media_dir)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    return builder(cfg, media_dir, tokenizer)

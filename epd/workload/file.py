@@ -1,0 +1,191 @@
+"""file workload: requests read from a JSONL file, one OpenAI chat-completions body per line.
+
+Each line is an object with `messages` (system/user/assistant turns whose content is a string
+or a list of parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url"}} and
+likewise `video_url`, `audio_url`) and optionally `max_tokens` (or `max_completion_tokens`;
+default `output_len`), `temperature`, `ignore_eos`, `seed` and `id` (default "file-<line>").
+Other keys (`model`, `stream`, ...) are ignored. Media urls may be local paths (relative ones
+resolve against the JSONL file's directory; they become absolute), file:// URLs or data: URIs
+(both kept as given); local files must exist. Blank lines are skipped.
+
+The first `warmup_requests` requests are warmup; after them at most `num_requests` are read
+(0 = the rest of the file). Every mistake raises ValueError naming file, line and problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from epd.workload.arrivals import assign_arrivals
+from epd.workload.base import WorkloadConfig, WorkloadRequest
+
+ROLES = ("system", "user", "assistant")
+MEDIA_PART_TYPES = ("image_url", "video_url", "audio_url")
+PART_TYPES = ("text", *MEDIA_PART_TYPES)
+
+
+class WorkloadFileError(ValueError):
+    """A workload file, or one of its lines, is malformed; the message says where and why."""
+
+
+def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[WorkloadRequest]:
+    """Read, validate and time the file's requests (`media_dir` and `tokenizer` are unused)."""
+    path = Path(cfg.path or "").expanduser().absolute()
+    if not path.is_file():
+        raise WorkloadFileError(f"workload.path={cfg.path!r}: no such file ({path})")
+    limit = cfg.warmup_requests + cfg.num_requests if cfg.num_requests > 0 else None
+    requests: list[WorkloadRequest] = []
+    line_of_id: dict[str, int] = {}
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for lineno, line in enumerate(lines, start=1):
+                if limit is not None and len(requests) == limit:
+                    break
+                if not line.strip():
+                    continue
+                request = parse_line(line, cfg, path=path, lineno=lineno)
+                if request.id in line_of_id:
+                    raise WorkloadFileError(
+                        f"{path}:{lineno}: id {request.id!r} already used on line {line_of_id[request.id]}"
+                    )
+                line_of_id[request.id] = lineno
+                requests.append(request)
+    except UnicodeDecodeError as error:
+        raise WorkloadFileError(f"{path}: not UTF-8 text ({error})") from None
+    if len(requests) <= cfg.warmup_requests:
+        raise WorkloadFileError(
+            f"{path}: {len(requests)} requests, none left to measure after "
+            f"workload.warmup_requests={cfg.warmup_requests}; add lines or lower warmup_requests"
+        )
+    for request in requests[: cfg.warmup_requests]:
+        request.warmup = True
+    return assign_arrivals(requests, cfg)
+
+
+def parse_line(line: str, cfg: WorkloadConfig, *, path: Path, lineno: int) -> WorkloadRequest:
+    """Line `lineno` of JSONL file `path` as a request; errors start with "path:lineno:"."""
+    where = f"{path}:{lineno}"
+    try:
+        body = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise WorkloadFileError(f"{where}: not valid JSON ({error})") from None
+    try:
+        return _parse_body(body, cfg, path.parent, default_id=f"file-{lineno}")
+    except WorkloadFileError as error:
+        raise WorkloadFileError(f"{where}: {error}") from None
+
+
+def _parse_body(body: Any, cfg: WorkloadConfig, base_dir: Path, default_id: str) -> WorkloadRequest:
+    if not isinstance(body, dict):
+        raise WorkloadFileError(f"expected a JSON object (a chat-completions body), got {type(body).__name__}")
+    if "messages" not in body:
+        raise WorkloadFileError("missing 'messages'")
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise WorkloadFileError("'messages' must be a non-empty list of {role, content} objects")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", cfg.output_len))
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise WorkloadFileError(f"max_tokens={max_tokens!r}: must be an integer >= 1")
+    temperature = body.get("temperature", cfg.temperature)
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature >= 0:
+        raise WorkloadFileError(f"temperature={temperature!r}: must be a number >= 0")
+    ignore_eos = body.get("ignore_eos", cfg.ignore_eos)
+    if not isinstance(ignore_eos, bool):
+        raise WorkloadFileError(f"ignore_eos={ignore_eos!r}: must be true or false")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise WorkloadFileError(f"seed={seed!r}: must be an integer or null")
+    request_id = body.get("id", default_id)
+    if not isinstance(request_id, str | int) or isinstance(request_id, bool) or request_id == "":
+        raise WorkloadFileError(f"id={request_id!r}: must be a non-empty string")
+    return WorkloadRequest(
+        id=str(request_id),
+        messages=[_parse_message(message, f"messages[{i}]", base_dir) for i, message in enumerate(messages)],
+        max_tokens=max_tokens,
+        temperature=float(temperature),
+        ignore_eos=ignore_eos,
+        seed=seed,
+    )
+
+
+def _parse_message(message: Any, where: str, base_dir: Path) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise WorkloadFileError(f"{where}: expected an object with 'role' and 'content'")
+    role = message.get("role")
+    if role not in ROLES:
+        raise WorkloadFileError(f"{where}.role={role!r}: expected one of {list(ROLES)}")
+    content = message.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        raise WorkloadFileError(f"{where}.content: expected a string or a list of parts, got {type(content).__name__}")
+    parts = [_parse_part(part, f"{where}.content[{i}]", base_dir) for i, part in enumerate(content)]
+    return {"role": role, "content": parts}
+
+
+def _parse_part(part: Any, where: str, base_dir: Path) -> dict[str, Any]:
+    part_type = part.get("type") if isinstance(part, dict) else None
+    if part_type == "text":
+        if not isinstance(part.get("text"), str):
+            raise WorkloadFileError(f"{where}: a text part needs a string 'text'")
+        return {"type": "text", "text": part["text"]}
+    if part_type not in MEDIA_PART_TYPES:
+        raise WorkloadFileError(f"{where}.type={part_type!r}: unknown part type; expected one of {list(PART_TYPES)}")
+    media = part.get(part_type)
+    media = {"url": media} if isinstance(media, str) else media
+    if not isinstance(media, dict) or not isinstance(media.get("url"), str) or not media["url"]:
+        raise WorkloadFileError(f'{where}: expected "{part_type}": {{"url": "<path or URL>"}}')
+    try:
+        url = resolve_url(media["url"], base_dir)
+    except WorkloadFileError as error:
+        raise WorkloadFileError(f"{where}: {error}") from None
+    return {"type": part_type, part_type: {**media, "url": url}}
+
+
+def resolve_url(url: str, base_dir: Path) -> str:
+    """Check a media url; a local path becomes absolute (relative ones from `base_dir`)."""
+    if url.startswith("data:"):
+        header, comma, payload = url.partition(",")
+        if not comma:
+            raise WorkloadFileError(f"data: URI {_short(url)} has no ',' before its payload")
+        if header.endswith(";base64"):
+            try:
+                base64.b64decode(payload, validate=True)
+            except binascii.Error as error:
+                raise WorkloadFileError(f"data: URI {_short(url)} has invalid base64 ({error})") from None
+        return url
+    if url.startswith(("http://", "https://")):
+        # epd.media fetches local files and data: URIs only, so fail here, with the line number
+        raise WorkloadFileError(f"{_short(url)}: http(s) media is not supported; download it and give a local path")
+    if url.startswith("file:"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise WorkloadFileError(
+                f"{url!r} names host {parsed.netloc!r}; write file:///absolute/path (three slashes)"
+            )
+        local = Path(url2pathname(parsed.path))
+        if not local.is_file():
+            raise WorkloadFileError(f"{url!r}: no such file {local}")
+        return url
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise WorkloadFileError(f"{_short(url)}: unsupported scheme; use a local path, file:// or data:")
+    local = base_dir / Path(url).expanduser()  # an absolute path replaces base_dir
+    if not local.is_file():
+        raise WorkloadFileError(f"media file {url!r} not found (looked for {local})")
+    return os.path.normpath(local)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(url: str, limit: int = 48) -> str:
+    return repr(url if len(url) <= limit else url[:limit] + "...")

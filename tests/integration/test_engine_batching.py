@@ -1,0 +1,74 @@
+"""Requests batched together in the language engine give the same tokens as each one alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from epd.language import EngineConfig, LanguageEngine
+from epd.models import ItemMeta, detect_family
+from epd.protocol import ItemRef, NewRequest, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def roles(tiny_qwen25vl):
+    family = detect_family(tiny_qwen25vl)
+    cpu = torch.device("cpu")
+    encoder = family.load_encoder(tiny_qwen25vl, False, cpu, torch.float32)
+    side = family.load_language(tiny_qwen25vl, False, cpu, torch.float32)
+    return side, encoder
+
+
+def _requests(side) -> list[tuple[NewRequest, list]]:
+    rng = np.random.default_rng(0)
+    pad = side.placeholder_id("image")
+    reqs = []
+    for i, (n_images, n_text) in enumerate([(0, 9), (1, 5), (2, 17), (1, 3)]):
+        images = [Image.fromarray(rng.integers(0, 256, (56 * (j + 2), 84, 3), dtype=np.uint8)) for j in range(n_images)]
+        prompt = rng.integers(0, 600, n_text).tolist()
+        for _ in images:
+            prompt.insert(int(rng.integers(0, len(prompt) + 1)), pad)
+        refs = [ItemRef(index=j, modality="image", encoder_rank=0) for j in range(n_images)]
+        sampling = SamplingParams(max_tokens=6 + i, ignore_eos=True)
+        reqs.append((NewRequest(request_id=f"r{i}", prompt_token_ids=prompt, items=refs, sampling=sampling), images))
+    return reqs
+
+
+def _serve(side, encoder, reqs, cfg: EngineConfig) -> tuple[dict[str, list[int]], int]:
+    engine = LanguageEngine(side, cfg, torch.device("cpu"))
+    for req, images in reqs:
+        engine.add_request(req)
+        for j, item in enumerate(encoder.encode_images(images) if images else []):
+            meta = ItemMeta(modality="image", grid_thw=item.grid_thw, num_tokens=item.num_tokens)
+            engine.add_item(req.request_id, j, meta, item.embeds, None, {})
+    tokens: dict[str, list[int]] = {}
+    widest = 0
+    while engine.has_work:
+        outs = engine.step()
+        widest = max(widest, len(outs))
+        for out in outs:
+            assert out.error is None
+            tokens.setdefault(out.request_id, []).extend(out.token_ids)
+    return tokens, widest
+
+
+def test_batched_equals_alone(roles):
+    side, encoder = roles
+    reqs = _requests(side)
+    together, widest = _serve(side, encoder, reqs, EngineConfig())
+    assert widest == len(reqs), "all requests should have shared engine steps"
+    for req, images in reqs:
+        alone, _ = _serve(side, encoder, [(req, images)], EngineConfig())
+        assert together[req.request_id] == alone[req.request_id]
+        assert len(alone[req.request_id]) == req.sampling.max_tokens
+
+
+def test_token_budget_staggers_prefills_without_changing_tokens(roles):
+    side, encoder = roles
+    reqs = _requests(side)
+    wide, _ = _serve(side, encoder, reqs, EngineConfig())
+    narrow, widest = _serve(side, encoder, reqs, EngineConfig(max_batch_tokens=40, max_num_seqs=2))
+    assert widest <= 2
+    assert narrow == wide

@@ -1,0 +1,134 @@
+"""The correctness oracle: epd's greedy tokens equal transformers' ``generate`` on the same inputs.
+
+Every topology and transfer backend serves the same JSONL of chat requests (1–3 images of different
+sizes, text before, between and after them, system and assistant turns); all requests arrive at
+once, so the language engine batches them, while transformers runs each alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import read_results, run_epd
+
+MAX_TOKENS = 12
+
+
+def _image(path: Path, size: tuple[int, int], seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def _part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+@pytest.fixture(scope="module")
+def requests_file(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("media")
+    a = _image(d / "a.png", (320, 240), 1)
+    b = _image(d / "b.jpg", (200, 400), 2)
+    c = _image(d / "c.png", (640, 360), 3)
+    bodies = [
+        {
+            "id": "one-image",
+            "messages": [{"role": "user", "content": [_part(a), {"type": "text", "text": "What is this?"}]}],
+        },
+        {
+            "id": "text-between",
+            "messages": [
+                {"role": "system", "content": "You describe pictures briefly."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Compare"},
+                        _part(b),
+                        {"type": "text", "text": "with"},
+                        _part(c),
+                        {"type": "text", "text": "please."},
+                    ],
+                },
+            ],
+        },
+        {
+            "id": "three-images-multiturn",
+            "messages": [
+                {"role": "user", "content": "Hello there"},
+                {"role": "assistant", "content": "Hi! Send me pictures."},
+                {
+                    "role": "user",
+                    "content": [
+                        _part(c),
+                        _part("file://" + a),
+                        _part(b),
+                        {"type": "text", "text": "Which is largest?"},
+                    ],
+                },
+            ],
+        },
+        {"id": "text-only", "messages": [{"role": "user", "content": "Just some words and no picture at all."}]},
+    ]
+    path = d / "requests.jsonl"
+    path.write_text("".join(json.dumps({**body, "max_tokens": MAX_TOKENS}) + "\n" for body in bodies))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_qwen25vl, requests_file) -> dict[str, list[int]]:
+    """transformers' greedy tokens, one request at a time, float32 on CPU."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from epd.frontend import to_template_messages
+    from epd.media import load_image
+
+    processor = AutoProcessor.from_pretrained(tiny_qwen25vl)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_qwen25vl, dtype=torch.float32).eval()
+    out = {}
+    for line in requests_file.read_text().splitlines():
+        body = json.loads(line)
+        messages, media = to_template_messages(body["messages"])
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = [load_image(m.source) for m in media] or None
+        inputs = processor(text=[text], images=images, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(**inputs, do_sample=False, max_new_tokens=body["max_tokens"])
+        out[body["id"]] = ids[0, inputs["input_ids"].shape[1] :].tolist()
+    return out
+
+
+CASES = [
+    ("colocated", "nccl"),
+    ("1e1p", "nccl"),
+    ("1e1p", "shm"),
+    ("1e1p", "zmq"),
+    ("2e1p", "nccl"),
+]
+
+
+@pytest.mark.parametrize(("topology", "transfer"), CASES, ids=[f"{t}-{b}" for t, b in CASES])
+def test_epd_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, reference, topology, transfer):
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        f"+topology={topology}",
+        f"transfer={transfer}",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={requests_file}",
+    )
+    results = read_results(run_dir)
+    got = {r["id"]: r for r in results["requests"]}
+    assert set(got) == set(reference)
+    for rid, ref in reference.items():
+        assert got[rid]["error"] is None, got[rid]["error"]
+        assert got[rid]["output_token_ids"] == ref, f"{rid} on {topology}/{transfer}"
+    assert results["config"]["topology"]["name"] == topology
+    assert results["summary"]["num_requests"] == len(reference)
