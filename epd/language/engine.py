@@ -11,7 +11,7 @@ import time
 import torch
 
 from epd.language.config import EngineConfig
-from epd.language.decoder import TextDecoder
+from epd.language.decoder import KVCache, TextDecoder
 from epd.language.sequence import Sequence
 from epd.models import ItemMeta, LanguageSide
 from epd.protocol import NewRequest, RequestOutput
@@ -31,6 +31,14 @@ class LanguageEngine:
     @property
     def has_work(self) -> bool:
         return bool(self.running) or any(seq.ready for seq in self.waiting.values())
+
+    def warm_up(self, num_tokens: int = 16) -> None:
+        """A throw-away prefill and decode step (first-call kernel selection, allocator warm-up)."""
+        ids = torch.arange(num_tokens, device=self.device)
+        cache = KVCache()
+        positions = ids.expand(3, -1)
+        self.decoder.forward(self.decoder.embed_table[ids], positions, [num_tokens], [cache])
+        self.decoder.forward(self.decoder.embed_table[ids[:1]], positions[:, :1] + num_tokens, [1], [cache])
 
     def add_request(self, req: NewRequest) -> None:
         seq = Sequence(request=req)

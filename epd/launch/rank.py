@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,17 @@ class RankServer:
         self.transfer = (
             build_transfer(cfg.transfer, ctx.rank, ctx.world_size, device, store) if ctx.world_size > 1 else None
         )
+        self._warm_up()
         log.info("rank %d: %s on %s (%s, %s)", ctx.rank, role, device, family.name, dtype)
+
+    def _warm_up(self) -> None:
+        """One small pass through each role, so the first request does not pay for lazy init."""
+        if self.encoder is not None:
+            from PIL import Image
+
+            self.encoder.encoder.encode_images([Image.new("RGB", (64, 64))])
+        if self.language is not None:
+            self.language.warm_up()
 
     def serve(self, frontend: subprocess.Popen | None) -> None:
         while True:
@@ -103,6 +114,7 @@ class RankServer:
         elif isinstance(msg, ItemReady):
             # receive right away, in arrival order: point-to-point backends match sends by order
             embeds = self.transfer.recv(msg.handle)[0] if msg.handle is not None else None
+            msg.timestamps["transfer_end"] = time.time()
             meta = ItemMeta(modality=msg.modality, grid_thw=msg.grid_thw, num_tokens=msg.num_tokens)
             self.language.add_item(msg.request_id, msg.index, meta, embeds, msg.error, msg.timestamps)
         else:
@@ -118,6 +130,7 @@ class RankServer:
             embeds = item.embeds if item is not None else None
             self.language.add_item(res.msg.request_id, res.msg.index, meta, embeds, res.error, res.timestamps)
             return
+        res.timestamps["transfer_start"] = time.time()
         handle = self.transfer.send(dst, [item.embeds]) if item is not None else None
         self.channel.send(
             rank_name(dst),

@@ -1,0 +1,161 @@
+"""Bad input fails its own request only; a crashed rank or Ctrl-C stops the whole job, leaving no orphans."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO, read_results, run_epd
+
+
+def _part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    Image.open(good).convert("RGB").save(tmp_path / "full.jpg")
+    truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image at all" * 10)
+    not_b64 = "data:image/png;base64,@@@not-base64@@@"
+    png_b64 = "data:image/png;base64," + base64.b64encode(good.read_bytes()).decode()
+    bodies = {
+        "ok-path": [_part(str(good))],
+        "missing": [_part(str(tmp_path / "nope.png"))],
+        "ok-data-uri": [_part(png_b64)],
+        "truncated": [_part(str(good)), _part(str(truncated))],
+        "garbage": [_part(str(garbage))],
+        "bad-base64": [_part(not_b64)],
+        "ok-file-url": [_part(good.as_uri())],
+    }
+    lines = [
+        {
+            "id": rid,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}],
+        }
+        for rid, parts in bodies.items()
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        "+topology=1e1p",
+        "transfer=zmq",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    assert set(got) == set(bodies)
+    for rid in ("ok-path", "ok-data-uri", "ok-file-url"):
+        assert got[rid]["error"] is None and len(got[rid]["output_token_ids"]) >= 1
+    assert "nope.png" in got["missing"]["error"] and "cannot read media file" in got["missing"]["error"]
+    assert "media item 1" in got["truncated"]["error"] and "cannot decode image" in got["truncated"]["error"]
+    assert "cannot decode image" in got["garbage"]["error"]
+    assert "not valid base64" in got["bad-base64"]["error"]
+    for rid in ("missing", "truncated", "garbage", "bad-base64"):
+        assert got[rid]["output_token_ids"] == []
+    summary = read_results(run_dir)["summary"]
+    assert summary["num_failed"] == 4
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_long_run(tmp_path: Path, tiny: Path) -> tuple[subprocess.Popen, set[int]]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "epd.run",
+        "+topology=1e1p",
+        f"model.path={tiny}",
+        f"hydra.run.dir={tmp_path}/run",
+        "workload.num_requests=100000",
+        "workload.request_rate=20",
+        "workload.output_len=64",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # ranks up and serving: the frontend has started writing media
+        tree = _descendants(proc.pid)
+        if len(tree) >= 3 and (tmp_path / "run" / "media").exists():
+            time.sleep(3)
+            return proc, _descendants(proc.pid)
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("the job did not come up")
+
+
+def _workers(tree: set[int], marker: str) -> list[int]:
+    return [p for p in tree if marker in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+
+
+def test_rank_crash_stops_everything(tmp_path, tiny_qwen25vl):
+    proc, tree = _start_long_run(tmp_path, tiny_qwen25vl)
+    try:
+        ranks = _workers(tree, "epd.launch.worker")
+        assert len(ranks) == 2
+        os.kill(max(ranks), signal.SIGKILL)  # a rank dies without any chance to clean up
+        code = proc.wait(timeout=60)
+        assert code != 0
+        time.sleep(1)
+        assert not [p for p in tree if _alive(p)], "processes left behind after a rank crash"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+
+
+def test_ctrl_c_stops_everything(tmp_path, tiny_qwen25vl):
+    proc, tree = _start_long_run(tmp_path, tiny_qwen25vl)
+    try:
+        assert _workers(tree, "epd.frontend"), "the frontend process should be running"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground job
+        proc.wait(timeout=60)
+        time.sleep(1)
+        assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
