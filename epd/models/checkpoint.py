@@ -10,7 +10,8 @@ from epd.models.config import ModelConfig
 
 
 def resolve_checkpoint(cfg: ModelConfig) -> Path:
-    """Local directory of the checkpoint: ``path``, else a cached tiny one, else the HF cache of ``name``."""
+    """Local directory of the checkpoint: ``path``, else a cached tiny one, else the HF cache of ``name``,
+    else (random weights only) a weightless checkpoint of the released ``shape`` written by epd."""
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not (path / "config.json").is_file():
@@ -25,6 +26,11 @@ def resolve_checkpoint(cfg: ModelConfig) -> Path:
 
         return Path(snapshot_download(cfg.name, local_files_only=True))
     except Exception as exc:
+        if cfg.random_init and cfg.shape:
+            from epd.tiny import cached_shape
+
+            family, _, size = cfg.shape.partition(":")
+            return cached_shape(family, size)
         raise ValueError(
             f"model {cfg.name!r} is not in the local Hugging Face cache and epd does not download: pass "
             f"model.path=<local checkpoint dir> (add model.random_init=true for random weights with the real "

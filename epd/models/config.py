@@ -21,6 +21,9 @@ class ModelConfig:
     """Seed of the tiny checkpoint's weights."""
     random_init: bool = False
     """Real architecture from the checkpoint's config.json, random weights built on the device."""
+    shape: str | None = None
+    """``<family>:<size>`` (e.g. ``qwen2_5_vl:7b``): with ``random_init`` and no local checkpoint,
+    epd writes the released config and processor settings itself (no weights, tiny tokenizer)."""
     dtype: str = "auto"
     """``auto`` = bfloat16 on GPU, float32 on CPU."""
 

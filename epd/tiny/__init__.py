@@ -41,6 +41,10 @@ class TinySpec:
         """Import the family module and write the checkpoint into existing ``out_dir``."""
         importlib.import_module(self.module).write(out_dir, seed)
 
+    def write_shape(self, out_dir: Path, shape: str) -> None:
+        """Write a weightless checkpoint of a released size (``model.random_init=true`` runs)."""
+        importlib.import_module(self.module).write_shape(out_dir, shape)
+
 
 FAMILIES: dict[str, TinySpec] = {
     spec.name: spec
@@ -94,13 +98,26 @@ def cached_tiny(family: str, seed: int = 0, cache_root: str | Path | None = None
     """
     spec = get_spec(family)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    final = root / f"{spec.name}-s{seed}-v{FORMAT_VERSION}"
+    return _build_once(root / f"{spec.name}-s{seed}-v{FORMAT_VERSION}", lambda tmp: write_tiny(spec.name, tmp, seed))
+
+
+def cached_shape(family: str, shape: str, cache_root: str | Path | None = None) -> Path:
+    """A weightless checkpoint with the real config of ``family`` at a released ``shape`` (e.g. ``7b``):
+    config.json, generation config, processor configs with the real pixel budgets and the tiny
+    tokenizer. Built once, like :func:`cached_tiny`."""
+    spec = get_spec(family)
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    return _build_once(root / f"{spec.name}-shape-{shape}-v{FORMAT_VERSION}", lambda tmp: spec.write_shape(tmp, shape))
+
+
+def _build_once(final: Path, build) -> Path:
+    """``final`` if it exists, else ``build(tmp)`` into a temporary sibling renamed into place."""
     if final.is_dir():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        write_tiny(spec.name, tmp, seed)
+        build(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         try:
             os.rename(tmp, final)  # atomic on one filesystem; fails if `final` is non-empty
@@ -116,6 +133,7 @@ __all__ = [
     "FAMILIES",
     "FORMAT_VERSION",
     "TinySpec",
+    "cached_shape",
     "cached_tiny",
     "default_cache_root",
     "get_spec",

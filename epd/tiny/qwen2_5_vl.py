@@ -53,6 +53,10 @@ IMAGE_MAX_PIXELS = 64 * 28 * 28
 VIDEO_MIN_PIXELS = 4 * 28 * 28
 VIDEO_MAX_PIXELS = 32 * 28 * 28  # per frame pair
 
+# Released Qwen2.5-VL image budget: 4 to 16384 merged tokens (1920x1080 -> 2691 tokens).
+REAL_MIN_PIXELS = 3136
+REAL_MAX_PIXELS = 12845056
+
 # Model vocab rounded up past the tokenizer (as real Qwen: 152064 > 151665), so random models
 # may emit ids with no token: compare ids, not text.
 VOCAB_MULTIPLE = 128
@@ -72,10 +76,14 @@ def build_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
-    """Processor with real Qwen2.5-VL image/video processors (small pixel budgets)."""
-    image_processor = Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
+def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qwen2_5_VLProcessor:
+    """Processor with real Qwen2.5-VL image/video processors (small pixel budgets unless ``real_budgets``)."""
+    if real_budgets:  # the released checkpoints' preprocessor_config.json
+        image_processor = Qwen2VLImageProcessor(min_pixels=REAL_MIN_PIXELS, max_pixels=REAL_MAX_PIXELS)
+        video_processor = Qwen2VLVideoProcessor()
+    else:
+        image_processor = Qwen2VLImageProcessor(min_pixels=IMAGE_MIN_PIXELS, max_pixels=IMAGE_MAX_PIXELS)
+        video_processor = Qwen2VLVideoProcessor(min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -84,8 +92,57 @@ def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
     )
 
 
-def build_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
-    """Tiny Qwen2.5-VL config whose token ids match ``tokenizer``."""
+# Published sizes of the released checkpoints (config.json of Qwen2.5-VL-{3B,7B}-Instruct).
+REAL_SHAPES = {
+    "7b": {
+        "text": {
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "max_window_layers": 28,
+            "max_position_embeddings": 128000,
+            "mrope_section": [16, 24, 24],
+        },
+        "vision": {
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "out_hidden_size": 3584,
+        },
+    },
+    "3b": {
+        "text": {
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 2,
+            "head_dim": 128,
+            "max_window_layers": 70,
+            "max_position_embeddings": 128000,
+            "mrope_section": [16, 24, 24],
+        },
+        "vision": {
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "out_hidden_size": 2048,
+        },
+    },
+}
+
+
+def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL config whose token ids match ``tokenizer``: tiny sizes, or a released ``shape``."""
     ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     text_config = {
@@ -122,6 +179,11 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
         "fullatt_block_indexes": [1],
         "out_hidden_size": 64,  # = text hidden
     }
+    if shape is not None:
+        real = REAL_SHAPES[shape]
+        text_config.update({k: v for k, v in real["text"].items() if k != "mrope_section"})
+        text_config["rope_parameters"]["mrope_section"] = real["text"]["mrope_section"]
+        vision_config.update(real["vision"])
     return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
@@ -130,7 +192,7 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
-        dtype="float32",
+        dtype="float32" if shape is None else "bfloat16",
     )
 
 
@@ -160,3 +222,19 @@ def write(out_dir: Path, seed: int) -> None:
     init_weights_(model, seed)
     model.generation_config = build_generation_config(tokenizer)
     save_model(model, out_dir)
+
+
+def write_shape(out_dir: Path, shape: str) -> None:
+    """A weightless checkpoint of a released size: real config dims and pixel budgets, the tiny
+    tokenizer (special-token ids remapped into it). Serves ``model.random_init=true`` runs."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"unknown Qwen2.5-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer, real_budgets=True)
+    processor.save_pretrained(out_dir)
+    processor.image_processor.save_pretrained(out_dir)
+    processor.video_processor.save_pretrained(out_dir)
+    config = build_config(tokenizer, shape)
+    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    config.save_pretrained(out_dir)
+    build_generation_config(tokenizer).save_pretrained(out_dir)
