@@ -91,14 +91,17 @@ class _SendWaiter:
 class NcclBackend(TransferBackend):
     """torch.distributed isend/irecv on a dedicated group (NCCL on GPU, gloo on CPU).
 
-    Construction is collective: every rank builds it (it creates a process group over all
-    ranks and, on CUDA, initialises that group's communicator so later batched p2p ops of any
-    pair never wait on a lazy communicator set-up).
+    Construction is collective: every rank builds it. It creates a process group over all
+    ranks and, on CUDA, initialises that group's communicator and connects every pair, so no
+    later send() blocks on NCCL's lazy connection handshake (which needs the receiver).
 
     Ordering contract: p2p ops between a pair match in posting order (NCCL ignores tags), so
     a receiver must call recv() for the handles of one source in the order that source sent
     them; the control plane over one ZMQ connection preserves that order. An out-of-order
     handle raises. A handle that will not be used must still be discard()ed, in order.
+    Ship each handle as soon as send() returns: on GPU a pending send is a kernel waiting for
+    its receiver, so anything that synchronizes the device (torch.cuda.synchronize, a cudaMalloc
+    that grows the caching allocator, empty_cache) stalls until the receiver posts its recv.
     close() waits until every send was received.
     """
 
@@ -124,10 +127,27 @@ class NcclBackend(TransferBackend):
         if self.device.type == "cuda":
             # The first collective on the group must involve every rank (batch_isend_irecv note).
             dist.all_reduce(torch.zeros(1, device=self.device), group=self._group)
-            torch.cuda.synchronize(self.device)
+            self._connect_all_pairs()
         else:
             self._waiter = _SendWaiter()
         self._closed = False
+
+    def _connect_all_pairs(self) -> None:
+        """Exchange one byte with every peer, both ways, in one batch.
+
+        NCCL connects a pair lazily, on its first p2p op, with a handshake that blocks the host
+        of both sides: a send() posted before its receiver has the handle would block forever.
+        Costs NCCL's p2p buffers for every peer (tens of MB each on NVLink).
+        """
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        ones = torch.ones(len(peers), dtype=torch.uint8, device=self.device)
+        got = torch.zeros_like(ones)
+        ops = [dist.P2POp(dist.isend, ones[i : i + 1], p, group=self._group) for i, p in enumerate(peers)]
+        ops += [dist.P2POp(dist.irecv, got[i : i + 1], p, group=self._group) for i, p in enumerate(peers)]
+        for work in dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+        torch.cuda.synchronize(self.device)
+        assert bool(got.all()), "nccl warm-up exchange lost bytes"
 
     def send(self, dst: int, tensors: list[torch.Tensor]) -> TransferHandle:
         self._check_dst(dst)

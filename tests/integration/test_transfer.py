@@ -6,11 +6,15 @@ Run as a script, this file is one rank of the pair (`--rank 0` sends, `--rank 1`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import glob
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +31,7 @@ EXTRA_DTYPES = [torch.float64, torch.int8, torch.int16, torch.complex64, torch.c
 LARGE_SHAPE = [8448, 4096]  # bfloat16: 66 MiB (> 64 MiB), 69.2 MB
 DISCARDED_CASE = 6  # the receiver discards this one; later handles must still work
 NUM_CASES = 12
+WORKER_TIMEOUT_S = 90  # a worker still running then dumps its stacks and exits
 
 
 class Ship(msgspec.Struct):
@@ -97,6 +102,7 @@ def worker(rank: int, port: int, backend: str, shm_prefix: str, device_type: str
     import torch.distributed as dist
     import zmq
 
+    faulthandler.dump_traceback_later(WORKER_TIMEOUT_S, exit=True)  # a hang prints every stack
     torch.set_num_threads(1)
     device = torch.device("cpu")
     if device_type.startswith("cuda"):  # "cuda": rank r on GPU r (mod count); "cuda-same": both on GPU 0
@@ -117,11 +123,13 @@ def worker(rank: int, port: int, backend: str, shm_prefix: str, device_type: str
         control.connect(store.get("test/control").decode())
     errors: list[str] = []
     if rank == 0:
-        handles = [transfer.send(1, to_device(case, make_case(case), device)) for case in range(NUM_CASES)]
+        # Sends in a row, each handle shipped at once: a pending NCCL send can hold up whatever
+        # synchronizes the device (a cudaMalloc) until its receiver has the handle.
+        for case in range(NUM_CASES):
+            handle = transfer.send(1, to_device(case, make_case(case), device))
+            control.send(msgspec.msgpack.encode(Ship(case=case, handle=handle)))
         if backend == "shm":
             transfer.send(1, make_case(0))  # never shipped: close() must unlink its segment
-        for case, handle in enumerate(handles):
-            control.send(msgspec.msgpack.encode(Ship(case=case, handle=handle)))
         while not control.poll(10):
             transfer.poll()
         errors = msgspec.msgpack.decode(control.recv(), type=Result).errors
@@ -153,33 +161,30 @@ def _free_port() -> int:
 
 
 def run_pair(backend: str, shm_prefix: str, device: str = "cpu", timeout_s: float = 120) -> None:
+    """Run both ranks; fail with their output if either exits non-zero. Always reaps them."""
     env = dict(os.environ, PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        __file__,
-        "--port",
-        str(port),
-        "--backend",
-        backend,
-        "--shm-prefix",
-        shm_prefix,
-        "--device",
-        device,
-    ]
-    procs = [
-        subprocess.Popen([*cmd, "--rank", str(rank)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for rank in range(2)
-    ]
-    try:
-        outputs = [proc.communicate(timeout=timeout_s)[0].decode(errors="replace") for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+    args = ["--port", str(_free_port()), "--backend", backend, "--shm-prefix", shm_prefix, "--device", device]
+    # output to files: a full pipe can never block a rank
+    with tempfile.TemporaryFile() as log0, tempfile.TemporaryFile() as log1:
+        logs = [log0, log1]
+        procs = [
+            subprocess.Popen([sys.executable, __file__, *args, "--rank", str(rank)], env=env, stdout=log, stderr=log)
+            for rank, log in enumerate(logs)
+        ]
+        try:
+            deadline = time.monotonic() + timeout_s
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
                 proc.wait()
-    for rank, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
-        assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{output[-4000:]}"
+        for rank, (proc, log) in enumerate(zip(procs, logs, strict=True)):
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            assert proc.returncode == 0, f"rank {rank} exited with {proc.returncode}:\n{output[-6000:]}"
 
 
 @pytest.mark.parametrize("backend", ["nccl", "shm", "zmq"])
