@@ -38,7 +38,7 @@ class RunConfig:
     """Directory shared by all ranks: results.json, media of synthetic workloads, logs."""
 
     def __post_init__(self) -> None:
-        check_devices(self.device, self.topology)
+        check_devices(self.device, self.topology, self.transfer.backend)
 
 
 def build_run_config(data: dict[str, Any]) -> RunConfig:

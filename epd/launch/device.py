@@ -9,20 +9,27 @@ from epd.launch.topology import TopologyConfig
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def check_devices(device: str, topology: TopologyConfig) -> None:
-    """``ValueError`` if the run asks for GPUs this machine does not have."""
+def check_devices(device: str, topology: TopologyConfig, transfer_backend: str = "nccl") -> None:
+    """``ValueError`` if the run asks for GPUs this machine does not have, or for NCCL between
+    ranks that would share a GPU (NCCL refuses two ranks on one device)."""
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
-    if device != "cuda":
-        return
-    count = torch.cuda.device_count()
-    if count == 0:
+    count = torch.cuda.device_count() if device != "cpu" else 0
+    if device == "cuda" and count == 0:
         raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu (or device=auto)")
+    if count == 0:
+        return
     for rank, inst in enumerate(topology.instances):
         if inst.gpu is not None and inst.gpu >= count:
             raise ValueError(
                 f"topology {topology.name!r}: rank {rank} wants GPU {inst.gpu} but only {count} GPU(s) are visible"
             )
+    gpus = [inst.gpu if inst.gpu is not None else rank % count for rank, inst in enumerate(topology.instances)]
+    if transfer_backend == "nccl" and len(set(gpus)) < len(gpus):
+        raise ValueError(
+            f"topology {topology.name!r} puts {len(gpus)} ranks on {count} GPU(s), and NCCL cannot connect two "
+            f"ranks on one GPU: use transfer=shm (CUDA IPC) or transfer=zmq"
+        )
 
 
 def rank_device(device: str, topology: TopologyConfig, rank: int, local_rank: int) -> torch.device:

@@ -132,3 +132,32 @@ def test_epd_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, referen
         assert got[rid]["output_token_ids"] == ref, f"{rid} on {topology}/{transfer}"
     assert results["config"]["topology"]["name"] == topology
     assert results["summary"]["num_requests"] == len(reference)
+
+
+# NCCL cannot connect two ranks on one GPU: its cases need a GPU per rank
+GPU_CASES = [("colocated", "nccl"), ("1e1p", "shm"), ("1e1p", "zmq"), ("2e1p", "shm"), ("1e1p", "nccl"), ("2e1p", "nccl")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("topology", "transfer"), GPU_CASES, ids=[f"{t}-{b}" for t, b in GPU_CASES])
+def test_epd_on_gpu_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, reference, topology, transfer):
+    """Same oracle with the ranks on GPUs (float32, so NCCL and CUDA IPC carry the embeddings)."""
+    world = {"colocated": 1, "1e1p": 2, "2e1p": 3}[topology]
+    if transfer == "nccl" and world > torch.cuda.device_count():
+        pytest.skip(f"nccl with {topology} needs {world} GPUs")
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        f"+topology={topology}",
+        f"transfer={transfer}",
+        f"model.path={tiny_qwen25vl}",
+        "model.dtype=float32",
+        "device=cuda",
+        "workload=file",
+        f"workload.path={requests_file}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    for rid, ref in reference.items():
+        assert got[rid]["error"] is None, got[rid]["error"]
+        assert got[rid]["output_token_ids"] == ref, f"{rid} on {topology}/{transfer} (cuda)"
