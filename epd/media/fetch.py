@@ -24,7 +24,7 @@ def fetch_bytes(source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     except OSError as exc:
         raise MediaError(f"cannot read media file {path!r}: {exc.strerror or exc}") from exc
     if size > max_bytes:
-        raise MediaError(f"media file {path!r} is {size} bytes, over the limit of {max_bytes}")
+        raise MediaError(f"media file {path!r} is {size} bytes, over the limit of {max_bytes} bytes")
     with open(path, "rb") as f:
         return f.read()
 

@@ -135,7 +135,14 @@ def test_epd_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, referen
 
 
 # NCCL cannot connect two ranks on one GPU: its cases need a GPU per rank
-GPU_CASES = [("colocated", "nccl"), ("1e1p", "shm"), ("1e1p", "zmq"), ("2e1p", "shm"), ("1e1p", "nccl"), ("2e1p", "nccl")]
+GPU_CASES = [
+    ("colocated", "nccl"),
+    ("1e1p", "shm"),
+    ("1e1p", "zmq"),
+    ("2e1p", "shm"),
+    ("1e1p", "nccl"),
+    ("2e1p", "nccl"),
+]
 
 
 @pytest.mark.gpu
