@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -43,7 +44,7 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None) 
     """Serve this rank's roles until shutdown; rank 0 also runs the frontend process. Returns an exit code."""
     device = rank_device(cfg.device, cfg.topology, ctx.rank, ctx.local_rank)
     if store is None:
-        store = dist.TCPStore(ctx.store_host, ctx.store_port, is_master=False, timeout=_timeout())
+        store = dist.TCPStore(ctx.store_host, ctx.store_port, is_master=False, timeout=timedelta(minutes=10))
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.PrefixStore("epd_pg", store), rank=ctx.rank, world_size=ctx.world_size)
     frontend = _start_frontend(cfg, ctx) if ctx.rank == 0 else None
@@ -165,9 +166,3 @@ def _die_with_parent() -> None:
 
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _timeout():
-    from datetime import timedelta
-
-    return timedelta(minutes=10)

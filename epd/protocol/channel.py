@@ -6,18 +6,10 @@ Addresses are published in the job's key-value store (``torch.distributed.Store`
 
 from __future__ import annotations
 
-import socket
-
 import zmq
 
+from epd.net import reachable_address
 from epd.protocol.messages import AnyMessage, Message, decode, encode
-
-
-def _host_ip() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
 
 
 class Channel:
@@ -29,7 +21,7 @@ class Channel:
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
-        host = host or _host_ip()
+        host = host or reachable_address(store)
         port = self.inbox.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
         store.set(f"epd/addr/{name}", self.address)

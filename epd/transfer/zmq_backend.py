@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import msgspec
@@ -10,6 +9,7 @@ import torch
 import torch.distributed as dist
 import zmq
 
+from epd.net import reachable_address
 from epd.transfer.base import (
     TensorSpec,
     TransferBackend,
@@ -31,17 +31,7 @@ class _Header(msgspec.Struct, frozen=True, array_like=True):
 
 def resolve_host(host: str, store: dist.Store) -> str:
     """`host`, or for "auto" the local address that routes to the store's host."""
-    if host != "auto":
-        return host
-    while isinstance(store, dist.PrefixStore):
-        store = store.underlying_store
-    if not isinstance(store, dist.TCPStore):
-        return "127.0.0.1" if isinstance(store, dist.HashStore) else socket.gethostbyname(socket.gethostname())
-    if store.host in ("localhost", "") or store.host.startswith("127."):
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((store.host, store.port))  # UDP: picks the route, sends nothing
-        return probe.getsockname()[0]
+    return reachable_address(store) if host == "auto" else host
 
 
 class ZmqBackend(TransferBackend):
