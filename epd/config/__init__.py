@@ -14,6 +14,7 @@ from epd.config.convert import from_dict, to_dict
 from epd.language.config import EngineConfig
 from epd.launch.device import check_devices
 from epd.launch.topology import TopologyConfig
+from epd.media.config import MediaConfig
 from epd.metrics import LoggerConfig
 from epd.models.config import ModelConfig
 from epd.scheduler.config import SchedulerConfig
@@ -32,6 +33,7 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     device: str = "auto"
     """``auto`` (GPU when present), ``cpu`` or ``cuda``."""
     run_dir: str = "."

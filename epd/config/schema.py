@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from epd.config.convert import to_dict
 from epd.language.config import EngineConfig
 from epd.launch.topology import TopologyConfig
+from epd.media.config import MediaConfig
 from epd.metrics import LoggerConfig
 from epd.models.config import ModelConfig
 from epd.scheduler.config import SchedulerConfig
@@ -29,6 +30,7 @@ GROUPS: dict[str, type] = {
     "engine": EngineConfig,
     "workload": WorkloadConfig,
     "logger": LoggerConfig,
+    "media": MediaConfig,
 }
 
 

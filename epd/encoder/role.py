@@ -1,13 +1,14 @@
-"""Encoder role: fetch and decode media, run the processor and the tower, batch by batch."""
+"""Encoder role: fetch and decode media, run the family's processor and towers, batch by batch."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-from epd.media import MediaError, load_image
-from epd.models import EncodedItem, VisionEncoder
+from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video
+from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.protocol import EncodeItem
 
 
@@ -24,8 +25,9 @@ class EncodeResult:
 class EncoderRole:
     """Queues ``EncodeItem`` messages and encodes up to ``max_batch_items`` of them per step."""
 
-    def __init__(self, encoder: VisionEncoder, max_batch_items: int = 16) -> None:
+    def __init__(self, encoder: TowerEncoder, media: MediaConfig, max_batch_items: int = 16) -> None:
         self.encoder = encoder
+        self.media = media
         self.max_batch_items = max_batch_items
         self.queue: deque[tuple[EncodeItem, float]] = deque()
 
@@ -33,37 +35,60 @@ class EncoderRole:
     def has_work(self) -> bool:
         return bool(self.queue)
 
+    def warm_up(self) -> None:
+        """One small pass through the towers, so the first request does not pay for lazy init."""
+        import numpy as np
+        from PIL import Image
+
+        from epd.media import AudioClip
+
+        rate = self.encoder.audio_sampling_rate
+        samples = {
+            "image": Image.new("RGB", (64, 64)),
+            "audio": AudioClip(samples=np.zeros(rate, dtype=np.float32), sampling_rate=rate, duration=1.0),
+        }
+        self.encoder.encode([MediaInput(modality=m, data=samples[m]) for m in self.encoder.modalities if m in samples])
+
     def add(self, msg: EncodeItem) -> None:
         self.queue.append((msg, time.time()))
 
     def step(self) -> list[EncodeResult]:
         batch = [self.queue.popleft() for _ in range(min(self.max_batch_items, len(self.queue)))]
-        results, images = [], []
+        results, inputs = [], []
         for msg, queued in batch:
             res = EncodeResult(msg=msg, timestamps={"encode_queue_start": queued, "fetch_start": time.time()})
             try:
-                if msg.modality != "image":
-                    raise MediaError(f"modality {msg.modality!r} is not served by this encoder")
-                images.append(load_image(msg.source))
+                inputs.append(MediaInput(modality=msg.modality, data=self._decode(msg)))
                 res.timestamps["fetch_end"] = time.time()
             except MediaError as exc:
                 res.error = str(exc)
             results.append(res)
         ok = [res for res in results if res.error is None]
         if ok:
-            self._encode(ok, images)
+            self._encode(ok, inputs)
         return results
 
-    def _encode(self, results: list[EncodeResult], images: list) -> None:
+    def _decode(self, msg: EncodeItem) -> Any:
+        if msg.modality not in self.encoder.modalities:
+            raise MediaError(
+                f"this model takes {', '.join(self.encoder.modalities)} input, not {msg.modality} ({msg.source[:64]})"
+            )
+        if msg.modality == "image":
+            return load_image(msg.source, cfg=self.media)
+        if msg.modality == "video":
+            return load_video(msg.source, self.media, self.encoder.frame_sampling(self.media))
+        return load_audio(msg.source, self.media, self.encoder.audio_sampling_rate)
+
+    def _encode(self, results: list[EncodeResult], inputs: list[MediaInput]) -> None:
         start = time.time()
         try:
-            encoded = self.encoder.encode_images(images)
+            encoded = self.encoder.encode(inputs)
         except Exception as exc:  # a bad item must not take the encoder or its batch-mates down
-            if len(images) == 1:
+            if len(inputs) == 1:
                 results[0].error = f"encoding failed: {type(exc).__name__}: {exc}"
                 return
-            for res, image in zip(results, images, strict=True):
-                self._encode([res], [image])
+            for res, inp in zip(results, inputs, strict=True):
+                self._encode([res], [inp])
             return
         end = time.time()
         for res, item in zip(results, encoded, strict=True):

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 # OpenAI part type → (modality, key holding {"url": ...})
-MEDIA_PARTS = {"image_url": ("image", "image_url")}
+MEDIA_PARTS = {
+    "image_url": ("image", "image_url"),
+    "video_url": ("video", "video_url"),
+    "audio_url": ("audio", "audio_url"),
+}
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,15 @@ def to_template_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str,
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
                 parts.append({"type": "text", "text": part.get("text", "")})
+            elif kind == "input_audio":  # base64 audio inline: the same path as an audio_url data: URI
+                audio = part.get("input_audio") or {}
+                fmt, data = audio.get("format"), audio.get("data")
+                if fmt not in AUDIO_FORMATS or not isinstance(data, str):
+                    raise ValueError(
+                        f"message {turn}: input_audio needs base64 'data' and a 'format' in {AUDIO_FORMATS}"
+                    )
+                parts.append({"type": "audio"})
+                media.append(MediaRef("audio", f"data:audio/{fmt};base64,{data}"))
             elif kind in MEDIA_PARTS:
                 modality, key = MEDIA_PARTS[kind]
                 ref = part.get(key)

@@ -15,7 +15,7 @@ from pathlib import Path
 from epd.config import RunConfig, to_dict
 from epd.frontend.chat import to_template_messages
 from epd.metrics import RequestRecord, build_logger, format_table, summarize
-from epd.models import resolve_checkpoint
+from epd.models import detect_family, resolve_checkpoint
 from epd.protocol import (
     FRONTEND,
     Channel,
@@ -50,9 +50,13 @@ class Frontend:
 
         self.cfg = cfg
         self.store = store
-        self.processor = AutoProcessor.from_pretrained(resolve_checkpoint(cfg.model))
+        ckpt = resolve_checkpoint(cfg.model)
+        self.processor = AutoProcessor.from_pretrained(ckpt)
         self.tokenizer = self.processor.tokenizer
-        self.policy = build_encoder_policy(cfg.scheduler, cfg.topology.encoder_ranks)
+        self.model_modalities = detect_family(ckpt).modalities
+        encoders = cfg.topology.encoder_modalities(self.model_modalities)
+        self.served = {m for mods in encoders.values() for m in mods}
+        self.policy = build_encoder_policy(cfg.scheduler, encoders)
         self.language_load = {rank: 0 for rank in cfg.topology.language_ranks}
         self.channel = Channel(FRONTEND, store)
         self.inflight: dict[str, Tracked] = {}
@@ -98,6 +102,7 @@ class Frontend:
         tracked = Tracked(req=req, record=record)
         try:
             prompt_ids, media = self.tokenize(req)
+            self._check_served(media)
         except ValueError as exc:
             record.error = f"bad request: {exc}"
             self.records.append(record)
@@ -138,6 +143,18 @@ class Frontend:
         messages, media = to_template_messages(req.messages)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], media
+
+    def _check_served(self, media: list) -> None:
+        for m in media:
+            if m.modality not in self.model_modalities:
+                raise ValueError(
+                    f"{m.modality} input is not supported by this model (it takes {', '.join(self.model_modalities)})"
+                )
+            if m.modality not in self.served:
+                raise ValueError(
+                    f"no encoder of topology {self.cfg.topology.name!r} takes {m.modality}; give one "
+                    f"encoder instance `modalities: [{m.modality}, ...]` or drop the list"
+                )
 
     def on_output(self, msg: RequestOutput) -> None:
         if not isinstance(msg, RequestOutput):

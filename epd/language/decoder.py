@@ -49,6 +49,7 @@ class TextDecoder:
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
+        self.mrope = hasattr(text_model.rotary_emb, "mrope_section")  # else plain 1-D RoPE
 
     @property
     def embed_table(self) -> torch.Tensor:
@@ -61,9 +62,11 @@ class TextDecoder:
         positions: torch.Tensor,  # [3, N] rope positions (all three rows equal for text)
         seq_lens: list[int],  # tokens of each sequence in this step, sum = N
         caches: list[KVCache],  # one per sequence, extended in place
+        deepstack: tuple[torch.Tensor, torch.Tensor] | None = None,  # rows [M] of the batch, features [k, M, H]
     ) -> torch.Tensor:  # [S, V] logits of each sequence's last token of the step
         n = embeds.shape[0]
-        cos, sin = self.model.rotary_emb(embeds[None], positions[:, None, :])  # [1, N, D] each
+        rope_pos = positions[:, None, :] if self.mrope else positions[:1]  # [3, 1, N] or [1, N]
+        cos, sin = self.model.rotary_emb(embeds[None], rope_pos)  # [1, N, D] each
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [N, 1, D]
         h = embeds
         for i, layer in enumerate(self.model.layers):
@@ -72,13 +75,24 @@ class TextDecoder:
             q = attn.q_proj(x).view(n, self.num_heads, self.head_dim)
             k = attn.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
             v = attn.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before rope
+                q, k = attn.q_norm(q), attn.k_norm(k)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             out = self._attention(i, q, k, v, seq_lens, caches)  # [N, heads * head_dim]
             h = h + attn.o_proj(out)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + self._mlp(layer.mlp, layer.post_attention_layernorm(h))
+            if deepstack is not None and i < deepstack[1].shape[0]:  # DeepStack: add after layers 0..k-1
+                rows, feats = deepstack
+                h = h.index_add(0, rows, feats[i].to(h.dtype))
         last = torch.tensor(seq_lens, device=h.device).cumsum(0) - 1
         return self.lm_head(self.model.norm(h[last]))
+
+    @staticmethod
+    def _mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = mlp(x[None])  # MoE blocks want [B, L, H]
+        out = out[0] if isinstance(out, tuple) else out  # some return (hidden, router_logits)
+        return out.reshape(x.shape)
 
     def _attention(self, layer: int, q, k, v, seq_lens: list[int], caches: list[KVCache]) -> torch.Tensor:
         outs = []

@@ -7,13 +7,14 @@ prefills and every running decode, samples one token per sequence and returns th
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from epd.language.config import EngineConfig
 from epd.language.decoder import KVCache, TextDecoder
 from epd.language.sequence import Sequence
-from epd.models import ItemMeta, LanguageSide
+from epd.models import IMAGE, VIDEO, ItemMeta, LanguageSide
 from epd.protocol import NewRequest, RequestOutput
 from epd_kernels import merge_embeddings
 
@@ -55,20 +56,20 @@ class LanguageEngine:
         request_id: str,
         index: int,
         meta: ItemMeta | None,
-        embeds: torch.Tensor | None,
+        tensors: dict[str, torch.Tensor] | None,
         error: str | None,
         timestamps: dict[str, float],
     ) -> None:
         """An encoder's result for one item; an error fails the whole request."""
         seq = self.waiting.get(request_id)
         if seq is None:
-            self._early_items.setdefault(request_id, []).append((request_id, index, meta, embeds, error, timestamps))
+            self._early_items.setdefault(request_id, []).append((request_id, index, meta, tensors, error, timestamps))
             return
         seq.merge_item_timestamps(timestamps)
         if error is not None:
             seq.error = seq.error or f"media item {index}: {error}"
-        elif meta is not None and embeds is not None:
-            seq.items[index] = (meta, embeds)
+        elif meta is not None and tensors is not None:
+            seq.items[index] = (meta, tensors)
         if seq.ready:
             seq.stamp("embeddings_ready")
 
@@ -78,10 +79,10 @@ class LanguageEngine:
         batch = prefills + self.running
         if not batch:
             return outputs
-        embeds, positions, seq_lens = self._inputs(prefills)
+        embeds, positions, seq_lens, deepstack = self._inputs(prefills)
         for seq in prefills:
             seq.stamp("prefill_start")
-        logits = self.decoder.forward(embeds, positions, seq_lens, [seq.cache for seq in batch])
+        logits = self.decoder.forward(embeds, positions, seq_lens, [seq.cache for seq in batch], deepstack)
         tokens = self._sample(logits, batch)
         emitted = [self._emit(seq, token) for seq, token in zip(batch, tokens, strict=True)]
         self.running = [seq for seq, out in zip(batch, emitted, strict=True) if not out.finished]
@@ -117,25 +118,35 @@ class LanguageEngine:
         """Expand placeholders, merge embeddings and compute positions (once per request)."""
         if seq.prompt_embeds is not None:
             return
-        refs = sorted(seq.items)
-        metas = [seq.items[i][0] for i in refs]
-        ids, mm_types = self.side.expand(seq.request.prompt_token_ids, metas)
-        positions, seq.rope_delta = self.side.positions(ids, mm_types, metas)
-        mm_rows = torch.nonzero(mm_types, as_tuple=True)[0].to(self.device)
-        mm = [seq.items[i][1].to(self.device) for i in refs]
-        mm_embeds = torch.cat(mm) if mm else self.decoder.embed_table.new_empty(0, self.decoder.embed_table.shape[1])
-        seq.prompt_embeds = merge_embeddings(ids.to(self.device), self.decoder.embed_table, mm_rows, mm_embeds)
+        items = [seq.items[i] for i in sorted(seq.items)]  # prompt order
+        metas = [meta for meta, _ in items]
+        ids, types = self.side.expand(seq.request.prompt_token_ids, metas)
+        positions, seq.rope_delta = self.side.positions(ids, types, metas)
+        table = self.decoder.embed_table
+        mm_rows = torch.nonzero(types, as_tuple=True)[0].to(self.device)
+        mm = [t["embeds"].to(self.device) for _, t in items]
+        mm_embeds = torch.cat(mm) if mm else table.new_empty(0, table.shape[1])
+        seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
+        deep = [t["deepstack"].to(self.device) for _, t in items if "deepstack" in t]
+        if deep:  # DeepStack features sit on the visual rows (image and video), in prompt order
+            visual_rows = torch.nonzero((types == IMAGE) | (types == VIDEO), as_tuple=True)[0].to(self.device)
+            seq.deepstack = (visual_rows, torch.cat(deep, dim=1))
         seq.prompt_positions = positions.to(self.device)
         seq.prompt_len = ids.numel()
         seq.items.clear()  # the embeddings now live in prompt_embeds
 
-    def _inputs(self, prefills: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    def _inputs(self, prefills: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, list[int], Any]:
         embeds, positions, seq_lens = [], [], []
+        deep_rows, deep_feats, offset = [], [], 0
         for seq in prefills:
             embeds.append(seq.prompt_embeds)
             positions.append(seq.prompt_positions)
             seq_lens.append(seq.prompt_len)
-            seq.prompt_embeds = seq.prompt_positions = None  # held by the KV cache from now on
+            if seq.deepstack is not None:
+                deep_rows.append(seq.deepstack[0] + offset)
+                deep_feats.append(seq.deepstack[1])
+            offset += seq.prompt_len
+            seq.prompt_embeds = seq.prompt_positions = seq.deepstack = None  # held by the KV cache from now on
         if self.running:
             last = torch.tensor([seq.output_ids[-1] for seq in self.running], device=self.device)
             embeds.append(self.decoder.embed_table[last])
@@ -143,7 +154,8 @@ class LanguageEngine:
             pos = [seq.prompt_len + len(seq.output_ids) - 1 + seq.rope_delta for seq in self.running]
             positions.append(torch.tensor(pos, device=self.device).expand(3, -1))
             seq_lens.extend([1] * len(self.running))
-        return torch.cat(embeds), torch.cat(positions, dim=1), seq_lens
+        deepstack = (torch.cat(deep_rows), _cat_layers(deep_feats)) if deep_rows else None
+        return torch.cat(embeds), torch.cat(positions, dim=1), seq_lens, deepstack
 
     def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
         greedy = logits.argmax(-1).tolist()
@@ -177,3 +189,12 @@ class LanguageEngine:
             num_prompt_tokens=seq.prompt_len,
             timestamps=seq.timestamps if (first or reason) else {},
         )
+
+
+def _cat_layers(feats: list[torch.Tensor]) -> torch.Tensor:
+    """[k_i, M_i, H] per sequence → [max k, sum M, H]; a sequence with fewer layers adds zeros above them."""
+    depth = max(f.shape[0] for f in feats)
+    padded = [
+        f if f.shape[0] == depth else torch.cat([f, f.new_zeros(depth - f.shape[0], *f.shape[1:])]) for f in feats
+    ]
+    return torch.cat(padded, dim=1)

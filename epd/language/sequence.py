@@ -17,12 +17,13 @@ class Sequence:
     """A request from arrival on the language instance to its last token."""
 
     request: NewRequest
-    items: dict[int, tuple[ItemMeta, torch.Tensor]] = field(default_factory=dict)
+    items: dict[int, tuple[ItemMeta, dict[str, torch.Tensor]]] = field(default_factory=dict)
     error: str | None = None
     timestamps: dict[str, float] = field(default_factory=dict)
     cache: KVCache = field(default_factory=KVCache)
     prompt_embeds: torch.Tensor | None = None  # [L, H] merged, until prefill
     prompt_positions: torch.Tensor | None = None  # [3, L], until prefill
+    deepstack: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt rows [M], features [k, M, H], until prefill
     prompt_len: int = 0
     rope_delta: int = 0
     output_ids: list[int] = field(default_factory=list)

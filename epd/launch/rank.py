@@ -70,7 +70,7 @@ class RankServer:
         dtype = torch_dtype(cfg.model.dtype, device)
         self.encoder = self.language = None
         if role in ("encoder", "colocated"):
-            self.encoder = EncoderRole(family.load_encoder(ckpt, cfg.model.random_init, device, dtype))
+            self.encoder = EncoderRole(family.load_encoder(ckpt, cfg.model.random_init, device, dtype), cfg.media)
         if role in ("language", "colocated"):
             side = family.load_language(ckpt, cfg.model.random_init, device, dtype)
             self.language = LanguageEngine(side, cfg.engine, device)
@@ -83,9 +83,7 @@ class RankServer:
     def _warm_up(self) -> None:
         """One small pass through each role, so the first request does not pay for lazy init."""
         if self.encoder is not None:
-            from PIL import Image
-
-            self.encoder.encoder.encode_images([Image.new("RGB", (64, 64))])
+            self.encoder.warm_up()
         if self.language is not None:
             self.language.warm_up()
 
@@ -114,33 +112,36 @@ class RankServer:
             self.language.add_request(msg)
         elif isinstance(msg, ItemReady):
             # receive right away, in arrival order: point-to-point backends match sends by order
-            embeds = self.transfer.recv(msg.handle)[0] if msg.handle is not None else None
+            tensors = meta = None
+            if msg.handle is not None:
+                tensors = dict(zip(msg.tensor_names, self.transfer.recv(msg.handle), strict=True))
+                meta = ItemMeta(
+                    modality=msg.modality, token_ids=msg.token_ids, token_types=msg.token_types, info=msg.info
+                )
             msg.timestamps["transfer_end"] = time.time()
-            meta = ItemMeta(modality=msg.modality, grid_thw=msg.grid_thw, num_tokens=msg.num_tokens)
-            self.language.add_item(msg.request_id, msg.index, meta, embeds, msg.error, msg.timestamps)
+            self.language.add_item(msg.request_id, msg.index, meta, tensors, msg.error, msg.timestamps)
         else:
             raise RuntimeError(f"rank {self.rank} got an unexpected {type(msg).__name__}")
 
     def _deliver(self, res: EncodeResult) -> None:
         dst = res.msg.language_rank
-        meta = item = None
-        if res.item is not None:
-            item = res.item
-            meta = ItemMeta(modality=res.msg.modality, grid_thw=item.grid_thw, num_tokens=item.num_tokens)
+        item = res.item
         if dst == self.rank:  # colocated: hand over in process, no copy
-            embeds = item.embeds if item is not None else None
-            self.language.add_item(res.msg.request_id, res.msg.index, meta, embeds, res.error, res.timestamps)
+            meta, tensors = (item.meta, item.tensors) if item is not None else (None, None)
+            self.language.add_item(res.msg.request_id, res.msg.index, meta, tensors, res.error, res.timestamps)
             return
         res.timestamps["transfer_start"] = time.time()
-        handle = self.transfer.send(dst, [item.embeds]) if item is not None else None
+        handle = self.transfer.send(dst, list(item.tensors.values())) if item is not None else None
         self.channel.send(
             rank_name(dst),
             ItemReady(
                 request_id=res.msg.request_id,
                 index=res.msg.index,
                 modality=res.msg.modality,
-                grid_thw=meta.grid_thw if meta else [],
-                num_tokens=meta.num_tokens if meta else 0,
+                token_ids=item.meta.token_ids if item else [],
+                token_types=item.meta.token_types if item else [],
+                info=item.meta.info if item else {},
+                tensor_names=list(item.tensors) if item else [],
                 handle=handle,
                 error=res.error,
                 timestamps=res.timestamps,

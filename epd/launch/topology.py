@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ROLES = ("colocated", "encoder", "language")
+MODALITIES = ("image", "video", "audio")
 
 
 @dataclass(kw_only=True)
@@ -15,10 +16,17 @@ class InstanceConfig:
     """``encoder`` (media → embeddings), ``language`` (prefill + decode) or ``colocated`` (all)."""
     gpu: int | None = None
     """CUDA device index on the node; ``None`` spreads ranks over the node's GPUs by local rank."""
+    modalities: list[str] | None = None
+    """Media an encoder instance takes (``image``, ``video``, ``audio``); ``None``: all the model has."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown instance role {self.role!r}; known roles: {', '.join(ROLES)}")
+        unknown = set(self.modalities or []) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)} in the topology; known: {', '.join(MODALITIES)}")
+        if self.modalities is not None and self.role == "language":
+            raise ValueError("modalities apply to encoder (or colocated) instances, not language ones")
 
 
 @dataclass(kw_only=True)
@@ -47,6 +55,13 @@ class TopologyConfig:
     def ranks_with(self, role: str) -> list[int]:
         """Ranks whose instance does ``role`` (a colocated instance does every role)."""
         return [r for r, inst in enumerate(self.instances) if inst.role in (role, "colocated")]
+
+    def encoder_modalities(self, served: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+        """Encoder rank → the modalities it takes, given what the model ``served``."""
+        return {
+            r: tuple(m for m in served if self.instances[r].modalities is None or m in self.instances[r].modalities)
+            for r in self.encoder_ranks
+        }
 
     @property
     def encoder_ranks(self) -> list[int]:

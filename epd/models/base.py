@@ -1,59 +1,118 @@
-"""What a model family provides to the encoder and language roles."""
+"""What a model family provides to the encoder and language roles.
+
+A media item's *span* is the run of prompt tokens that stands for it. The frontend's prompt holds
+each item's placeholder span unexpanded (for Qwen2.5-VL images ``<|vision_start|><|image_pad|>
+<|vision_end|>``); the encoder runs the family's own HF processor on that placeholder text alone,
+which yields the expanded span (``token_ids``: pads, and for some families timestamps or
+interleaved audio/video) together with the tower's inputs. The language side swaps each
+placeholder span for the encoder's ``token_ids`` and places the embeddings on the span's
+non-text rows, so no tokenizer runs on the language instance.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# transformers' mm_token_type_ids values; epd adds audio
+TEXT, IMAGE, VIDEO, AUDIO = 0, 1, 2, 3
+MODALITY_TYPE = {"image": IMAGE, "video": VIDEO, "audio": AUDIO}
+
 
 @dataclass(kw_only=True)
-class EncodedItem:
-    """One media item after the tower: its embeddings and what the language side needs to place them."""
+class MediaInput:
+    """One decoded media item, ready for the family's processor."""
 
-    embeds: torch.Tensor  # [num_tokens, hidden]
-    grid_thw: list[int]
-    num_tokens: int
+    modality: str
+    data: Any
+    """PIL image, ``epd.media.VideoClip`` or ``epd.media.AudioClip``."""
 
 
 @dataclass(kw_only=True)
 class ItemMeta:
-    """The language side's view of one encoded item (the embeddings travel separately)."""
+    """What the language side needs to place one item (its embeddings travel separately)."""
 
     modality: str
-    grid_thw: list[int]
-    num_tokens: int
+    token_ids: list[int]
+    """The item's expanded span, replacing its placeholder span in the prompt."""
+    token_types: list[int]
+    """TEXT / IMAGE / VIDEO / AUDIO per span token; embeddings go to the non-text rows in order."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Family-specific inputs of the rope positions (``grid_thw``, ``second_per_grid``, ...)."""
+
+    @property
+    def num_embeds(self) -> int:
+        return sum(1 for t in self.token_types if t != TEXT)
 
 
-class VisionEncoder(ABC):
-    """Runs the family's HF processor and tower for media items on one device."""
+@dataclass(kw_only=True)
+class EncodedItem:
+    """One media item after the tower."""
+
+    meta: ItemMeta
+    tensors: dict[str, torch.Tensor]
+    """``embeds`` [num_embeds, H] (span rows in order); DeepStack families add ``deepstack`` [k, n, H]."""
+
+
+class TowerEncoder(ABC):
+    """Runs the family's HF processor and towers on one device."""
+
+    modalities: tuple[str, ...]
+    audio_sampling_rate: int = 16000
+    """Rate the family's feature extractor wants audio at."""
+
+    def frame_sampling(self, media: Any) -> Any:
+        """Which video frames to decode (``epd.media.FrameSampling``); families with video override."""
+        raise ValueError("this model takes no video")
 
     @abstractmethod
-    def encode_images(self, images: list[Any]) -> list[EncodedItem]:
-        """PIL images → one ``EncodedItem`` each (one packed tower call)."""
+    def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
+        """Decoded media → one ``EncodedItem`` each, same order (packed tower calls per modality)."""
 
 
 class LanguageSide(ABC):
-    """Family specifics of the language role: placeholders, positions and the decoder's modules."""
+    """Family specifics of the language role: spans, positions and the decoder's modules."""
 
     text_model: torch.nn.Module  # embed_tokens, layers, norm, rotary_emb (HF module tree)
     lm_head: torch.nn.Module
     eos_token_ids: list[int]
 
     @abstractmethod
-    def placeholder_id(self, modality: str) -> int:
-        """Token id that stands for one media item's embeddings in the prompt."""
+    def placeholder_span(self, modality: str) -> list[int]:
+        """Token ids of one unexpanded item of ``modality`` in the frontend's prompt."""
 
     @abstractmethod
-    def expand(self, prompt_ids: list[int], items: list[ItemMeta]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One placeholder per item → ``num_tokens`` placeholders; returns ids [L] and modality types [L]."""
-
-    @abstractmethod
-    def positions(self, ids: torch.Tensor, mm_types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
+    def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
         """Rope positions [3, L] of the expanded prompt and the delta that continues them in decode."""
+
+    def expand(self, prompt_ids: list[int], items: list[ItemMeta]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace each placeholder span (in prompt order) by its item's span; ids [L], types [L]."""
+        ids: list[int] = []
+        types: list[int] = []
+        pos = 0
+        for item in items:
+            span = self.placeholder_span(item.modality)
+            at = _find(prompt_ids, span, pos)
+            if at < 0:
+                raise ValueError(f"the prompt has no {item.modality} placeholder left for media item {len(types)}")
+            ids += prompt_ids[pos:at] + item.token_ids
+            types += [TEXT] * (at - pos) + item.token_types
+            pos = at + len(span)
+        ids += prompt_ids[pos:]
+        types += [TEXT] * (len(prompt_ids) - pos)
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(types, dtype=torch.int32)
+
+
+def _find(seq: list[int], span: list[int], start: int) -> int:
+    first, n = span[0], len(span)
+    for i in range(start, len(seq) - n + 1):
+        if seq[i] == first and seq[i : i + n] == span:
+            return i
+    return -1
 
 
 class ModelFamily(ABC):
@@ -64,8 +123,8 @@ class ModelFamily(ABC):
     modalities: tuple[str, ...]
 
     @abstractmethod
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> VisionEncoder:
-        """The tower and processor, on ``device``."""
+    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+        """The towers and processor, on ``device``."""
 
     @abstractmethod
     def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:

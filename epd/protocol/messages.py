@@ -6,6 +6,8 @@ clear error instead of being misread. Tensors never travel here: only a transfer
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from epd.transfer import TransferHandle
@@ -52,13 +54,19 @@ class NewRequest(Message):
 
 
 class ItemReady(Message):
-    """encoder → language: one item's embeddings were sent (or the item failed: ``error``)."""
+    """encoder → language: one item's embeddings were sent (or the item failed: ``error``).
+
+    ``token_ids``/``token_types`` are the item's expanded prompt span; ``info`` holds what the
+    family's positions need (grid, timing); ``tensor_names`` name the tensors of ``handle`` in order.
+    """
 
     request_id: str
     index: int
     modality: str
-    grid_thw: list[int] = []
-    num_tokens: int = 0
+    token_ids: list[int] = []
+    token_types: list[int] = []
+    info: dict[str, Any] = {}
+    tensor_names: list[str] = []
     handle: TransferHandle | None = None
     error: str | None = None
     timestamps: dict[str, float] = {}

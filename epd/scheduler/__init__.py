@@ -7,9 +7,9 @@ from epd.scheduler.config import SchedulerConfig
 ENCODER_POLICIES: Registry[EncoderPolicy] = Registry("encoder policy", "epd.scheduler.encoder")
 
 
-def build_encoder_policy(cfg: SchedulerConfig, encoder_ranks: list[int]) -> EncoderPolicy:
-    """The configured encoder-assignment policy over ``encoder_ranks``."""
-    return ENCODER_POLICIES.get(cfg.encoder_policy)(encoder_ranks)
+def build_encoder_policy(cfg: SchedulerConfig, encoders: dict[int, tuple[str, ...]]) -> EncoderPolicy:
+    """The configured encoder-assignment policy over ``encoders`` (rank → modalities it takes)."""
+    return ENCODER_POLICIES.get(cfg.encoder_policy)(encoders)
 
 
 __all__ = ["ENCODER_POLICIES", "EncoderPolicy", "MediaItemInfo", "SchedulerConfig", "build_encoder_policy"]

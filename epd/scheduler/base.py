@@ -14,7 +14,7 @@ class MediaItemInfo:
     index: int
     """Position of the item within its request."""
     modality: str
-    """``image`` (later ``video``, ``audio``)."""
+    """``image``, ``video`` or ``audio``."""
     source: str
     """Path or URL of the media."""
 
@@ -22,14 +22,20 @@ class MediaItemInfo:
 class EncoderPolicy(ABC):
     """Chooses an encoder rank for every media item of a request.
 
-    ``assign`` is called once per request in arrival order on the frontend; ``on_item_done`` is
-    called when an encoder reports an item finished, for policies that track load.
+    ``encoders`` maps each encoder rank to the modalities it takes; a policy only ever picks an
+    encoder that takes the item's modality (the frontend refuses a request no encoder can serve
+    before asking). ``assign`` is called once per request in arrival order on the frontend;
+    ``on_item_done`` when an encoder reports an item finished, for policies that track load.
     """
 
-    def __init__(self, encoder_ranks: list[int]) -> None:
-        if not encoder_ranks:
+    def __init__(self, encoders: dict[int, tuple[str, ...]]) -> None:
+        if not encoders:
             raise ValueError("an encoder policy needs at least one encoder rank")
-        self.encoder_ranks = list(encoder_ranks)
+        self.encoders = dict(encoders)
+
+    def candidates(self, modality: str) -> list[int]:
+        """Encoder ranks that take ``modality``, in rank order."""
+        return [rank for rank, mods in self.encoders.items() if modality in mods]
 
     @abstractmethod
     def assign(self, items: list[MediaItemInfo]) -> list[int]:

@@ -54,6 +54,26 @@ FAMILIES: dict[str, TinySpec] = {
             module="epd.tiny.qwen2_5_vl",
             description="Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), image + video",
         ),
+        TinySpec(
+            name="qwen3_vl",
+            module="epd.tiny.qwen3_vl",
+            description="Qwen3-VL (Qwen3VLForConditionalGeneration), image + video, DeepStack",
+        ),
+        TinySpec(
+            name="qwen3_vl_moe",
+            module="epd.tiny.qwen3_vl_moe",
+            description="Qwen3-VL-MoE (Qwen3VLMoeForConditionalGeneration), image + video, MoE text",
+        ),
+        TinySpec(
+            name="qwen2_audio",
+            module="epd.tiny.qwen2_audio",
+            description="Qwen2-Audio (Qwen2AudioForConditionalGeneration), audio",
+        ),
+        TinySpec(
+            name="qwen3_omni",
+            module="epd.tiny.qwen3_omni",
+            description="Qwen3-Omni thinker (Qwen3OmniMoeForConditionalGeneration), image + video + audio",
+        ),
     ]
 }
 

@@ -12,6 +12,9 @@ Messages are OpenAI style: ``content`` is a string, ``None`` or a list of parts.
 its ``type`` (``text``, ``image``/``image_url``, ``video``/``video_url``,
 ``audio``/``input_audio``/``audio_url``) or, without one, the first such key it holds. A family
 gives one placeholder per modality it supports; a part of any other modality raises.
+
+Family variants: Qwen3 models (Qwen3-VL, Qwen3-Omni) add no default system message; Qwen2-Audio
+numbers its clips (``Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n``).
 """
 
 from __future__ import annotations
@@ -21,15 +24,13 @@ from collections.abc import Mapping
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# Jinja body shared by every family; the family's placeholders are `set` in a header.
-# `add_vision_id=True` (a real Qwen option) prefixes "Picture N: " / "Video N: ".
+# Jinja body shared by every family; the family's placeholders are `set` in a header and the
+# @...@ slots are filled by `chatml_template`. `add_vision_id=True` (a real Qwen option) prefixes
+# "Picture N: " / "Video N: ".
 _BODY = r"""
 {%- set counts = namespace(image=0, video=0, audio=0) -%}
 {%- for message in messages -%}
-  {%- if loop.first and message['role'] != 'system' -%}
-    {{- '<|im_start|>system\n' + default_system + '<|im_end|>\n' -}}
-  {%- endif -%}
-  {{- '<|im_start|>' + message['role'] + '\n' -}}
+@DEFAULT_SYSTEM@  {{- '<|im_start|>' + message['role'] + '\n' -}}
   {%- if message['content'] is string -%}
     {{- message['content'] -}}
   {%- elif message['content'] is not none -%}
@@ -67,8 +68,7 @@ _BODY = r"""
         {{- placeholders['video'] -}}
       {%- else -%}
         {%- set counts.audio = counts.audio + 1 -%}
-        {{- placeholders['audio'] -}}
-      {%- endif -%}
+@AUDIO@      {%- endif -%}
     {%- endfor -%}
   {%- endif -%}
   {{- '<|im_end|>\n' -}}
@@ -79,17 +79,39 @@ _BODY = r"""
 """
 
 
-def chatml_template(placeholders: Mapping[str, str], default_system: str = DEFAULT_SYSTEM_PROMPT) -> str:
+# Pieces spliced into `_BODY` (a family without a default system prompt, or with numbered audio,
+# gets a different template; the defaults reproduce the Qwen2.5-VL template byte for byte).
+_DEFAULT_SYSTEM = r"""  {%- if loop.first and message['role'] != 'system' -%}
+    {{- '<|im_start|>system\n' + default_system + '<|im_end|>\n' -}}
+  {%- endif -%}
+"""
+_AUDIO = r"""        {{- placeholders['audio'] -}}
+"""
+# Qwen2-Audio numbers every clip: "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n".
+_NUMBERED_AUDIO = r"""        {{- 'Audio ' + counts.audio|string + ': ' + placeholders['audio'] -}}
+"""
+
+
+def chatml_template(
+    placeholders: Mapping[str, str],
+    default_system: str | None = DEFAULT_SYSTEM_PROMPT,
+    numbered_audio: bool = False,
+) -> str:
     """Return the Jinja chat template for a family.
 
     ``placeholders`` maps a modality (``image``, ``video``, ``audio``) to the text one part of it
     becomes, e.g. ``{"image": "<|vision_start|><|image_pad|><|vision_end|>"}``; the processor
-    later expands the pad token to the encoder's token count.
+    later expands the pad token to the encoder's token count. ``default_system`` is the system
+    message added when the conversation has none (``None``: add none, as Qwen3 models do);
+    ``numbered_audio`` prefixes each audio part with ``Audio N: `` (Qwen2-Audio).
     """
     unknown = set(placeholders) - {"image", "video", "audio"}
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; expected image, video, audio")
     # json.dumps gives a valid Jinja string literal (double quotes, backslash escapes).
     header = "{%- set placeholders = " + json.dumps(dict(placeholders), sort_keys=True) + " -%}\n"
-    header += "{%- set default_system = " + json.dumps(default_system) + " -%}"
-    return header + _BODY
+    if default_system is not None:
+        header += "{%- set default_system = " + json.dumps(default_system) + " -%}"
+    body = _BODY.replace("@DEFAULT_SYSTEM@", _DEFAULT_SYSTEM if default_system is not None else "")
+    body = body.replace("@AUDIO@", _NUMBERED_AUDIO if numbered_audio else _AUDIO)
+    return header + body

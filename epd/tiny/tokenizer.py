@@ -77,3 +77,10 @@ def special_token_ids(tokenizer: Tokenizer, special_tokens: Sequence[str]) -> di
     if missing:
         raise ValueError(f"special tokens not in tokenizer: {missing}")
     return ids
+
+
+def padded_vocab_size(num_tokens: int, multiple: int = 128) -> int:
+    """Model vocab for a tokenizer of ``num_tokens``: the next multiple of ``multiple`` strictly
+    above it, so (as in real Qwen checkpoints, e.g. 152064 > 151665) some ids have no token and a
+    random model may emit them."""
+    return (num_tokens // multiple + 1) * multiple

@@ -23,7 +23,11 @@ def _std(name: str, param: torch.Tensor) -> float:
         return BIAS_STD
     if name.endswith("embed_tokens.weight"):
         return 1.0
-    # fan_in = everything but the output dim (Linear [out, in], Conv3d [out, in, t, h, w]).
+    if ".experts." in name and param.ndim == 3:
+        # Stacked MoE expert matrices [num_experts, out, in]: fan_in is the last dim.
+        return 1.0 / math.sqrt(param.shape[-1])
+    # fan_in = everything but the output dim (Linear [out, in], Conv1d [out, in, k],
+    # Conv3d [out, in, t, h, w]).
     return 1.0 / math.sqrt(param[0].numel())
 
 

@@ -13,6 +13,9 @@ from epd.workload.base import WorkloadConfig, WorkloadRequest
 ARRIVAL_STREAM = 0
 PROMPT_STREAM = 1
 IMAGE_STREAM = 2
+VIDEO_STREAM = 3
+AUDIO_STREAM = 4
+MIX_STREAM = 5  # which modalities each request of the mixed workload carries
 
 
 def seeded_rng(seed: int, *keys: int) -> np.random.Generator:

@@ -6,7 +6,7 @@ import importlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,20 @@ RESOLUTIONS: dict[str, tuple[int, int]] = {
     "4k": (3840, 2160),
 }
 IMAGE_FORMATS = ("jpeg", "png")
+AUDIO_FORMATS = ("wav", "flac", "mp3")
+MODALITIES = ("image", "video", "audio")  # keys of `mix`, in the order a request lists its parts
 MAX_SIDE = 16384
 
 # name -> "module:function" (imported on first use) or the function itself
 _WORKLOADS: dict[str, str | Callable[..., list[WorkloadRequest]]] = {
     "random_image": "epd.workload.random_image:build",
+    "random_video": "epd.workload.random_video:build",
+    "random_audio": "epd.workload.random_audio:build",
+    "mixed": "epd.workload.mixed:build",
     "file": "epd.workload.file:build",
 }
+# which count key says how many media items a single-modality generator puts in a request
+_COUNT_KEYS = {"random_image": "image_count", "random_video": "video_count", "random_audio": "audio_count"}
 
 
 @dataclass(kw_only=True)
@@ -34,7 +41,8 @@ class WorkloadConfig:
     """What requests a run sends and when. Fields a generator does not use are ignored."""
 
     name: str = "random_image"
-    """Generator registry key: "random_image" or "file" (see `register_workload`)."""
+    """Generator registry key: "random_image", "random_video", "random_audio", "mixed" or "file"
+    (see `register_workload`)."""
     num_requests: int = 8
     """Measured requests. For "file", 0 means every line of the file; otherwise at most this many."""
     request_rate: float = math.inf
@@ -42,19 +50,45 @@ class WorkloadConfig:
     burstiness: float = 1.0
     """Gamma shape of the inter-arrival gaps: 1 = Poisson, < 1 burstier, > 1 more regular."""
     seed: int = 0
-    """Seeds every random choice: arrivals, prompt words and image content."""
+    """Seeds every random choice: arrivals, prompt words, media content and mixed's modalities."""
     image_count: int = 1
-    """random_image: images per request (0 = text-only requests)."""
+    """random_image, mixed: images per request (0 = text-only requests)."""
     resolution: str = "360p"
-    """random_image: a preset (360p 480p 720p 1080p 1440p 4k) or "WxH", e.g. "1024x768"."""
+    """random_image, random_video, mixed: size of images and videos, a preset
+    (360p 480p 720p 1080p 1440p 4k) or "WxH", e.g. "1024x768"."""
     image_format: str = "jpeg"
     """random_image: how the generated files are encoded: "jpeg" (quality 90, ~25 ms per 1080p image
     per core) or "png" (~10x slower to make, ~5 MB at 1080p)."""
     num_distinct_images: int = 0
     """random_image: 0 = every image is distinct (no embedding-cache hits); N > 0 = images are
     drawn round-robin from a pool of N, so the hit rate of a content cache is known."""
+    video_count: int = 1
+    """random_video, mixed: videos per request (0 = text-only requests)."""
+    video_seconds: float = 4.0
+    """random_video, mixed: length of each video in seconds (mp4, H.264 at `resolution`)."""
+    video_fps: float = 30.0
+    """random_video, mixed: frame rate the videos are encoded at; the encoder samples its own
+    rate from them (media.video_fps), so this sets decode work, not the frames the model sees."""
+    video_with_audio: bool = False
+    """random_video, mixed: give each video an AAC audio track (44.1 kHz mono), e.g. for
+    Qwen3-Omni's audio-in-video."""
+    audio_count: int = 1
+    """random_audio, mixed: audio clips per request (0 = text-only requests)."""
+    audio_seconds: float = 10.0
+    """random_audio, mixed: length of each clip in seconds (16 kHz mono)."""
+    audio_format: str = "wav"
+    """random_audio, mixed: how clips are encoded: "wav" (16-bit PCM), "flac" or "mp3"."""
+    mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 1.0))
+    """mixed: weight of each modality (image, video, audio), e.g. {image: 0.5, video: 0.25, audio:
+    0.25}; weights are normalized, so probabilities and counts both work; a missing or 0 weight
+    drops a modality. Default: all three equally likely. A Hydra override merges into this, so
+    `workload.mix={image:1,video:1}` keeps audio's weight: drop it with `workload.mix.audio=0`."""
+    mix_per_request: int = 1
+    """mixed: distinct modalities per request, drawn by weight without replacement; each brings its
+    own count (image_count, video_count, audio_count). 1 = single-modality requests whose
+    modality follows `mix`; the number of weighted modalities = every request carries all."""
     input_len: int = 32
-    """random_image: text tokens per request; exact with a tokenizer, else ~1 token per word."""
+    """Synthetic workloads: text tokens per request; exact with a tokenizer, else ~1 token per word."""
     output_len: int = 16
     """max_tokens of generated requests; default max_tokens of file lines that omit it."""
     ignore_eos: bool = True
@@ -65,7 +99,7 @@ class WorkloadConfig:
     """file: a JSONL file, one OpenAI chat-completions request body per line."""
     warmup_requests: int = 0
     """Extra requests sent before the measured ones, flagged `warmup` and left out of the
-    summary. random_image makes them with their own images; file takes the first lines."""
+    summary. Synthetic workloads make them with their own media; file takes the first lines."""
 
     def __post_init__(self) -> None:
         if self.name not in _WORKLOADS:
@@ -86,9 +120,9 @@ class WorkloadConfig:
             raise ValueError(f"workload.burstiness={self.burstiness}: set a finite value > 0")
         if self.seed < 0:
             raise ValueError(f"workload.seed={self.seed}: set it to 0 or more")
-        for field_name in ("image_count", "input_len", "warmup_requests", "num_distinct_images"):
-            if getattr(self, field_name) < 0:
-                raise ValueError(f"workload.{field_name}={getattr(self, field_name)}: set it to 0 or more")
+        for key in ("image_count", "video_count", "audio_count", "input_len", "warmup_requests", "num_distinct_images"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"workload.{key}={getattr(self, key)}: set it to 0 or more")
         if self.output_len < 1:
             raise ValueError(f"workload.output_len={self.output_len}: set it to 1 or more")
         if not self.temperature >= 0:
@@ -98,10 +132,57 @@ class WorkloadConfig:
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f"workload.image_format={self.image_format!r}: choose one of {IMAGE_FORMATS}")
         parse_resolution(self.resolution)
-        if self.name == "random_image" and self.image_count == 0 and self.input_len == 0:
-            raise ValueError("workload.image_count and workload.input_len are both 0: set one to 1 or more")
+        self._check_video_audio()
+        self._check_mix()
+        count_key = _COUNT_KEYS.get(self.name)
+        if count_key is not None and getattr(self, count_key) == 0 and self.input_len == 0:
+            raise ValueError(f"workload.{count_key} and workload.input_len are both 0: set one to 1 or more")
         if self.name == "file" and not self.path:
             raise ValueError("workload.name=file needs workload.path=<a JSONL file of request bodies>")
+
+    def _check_video_audio(self) -> None:
+        for key in ("video_seconds", "video_fps", "audio_seconds"):
+            value = getattr(self, key)
+            if not 0 < value < math.inf:
+                raise ValueError(f"workload.{key}={value}: set a finite value > 0")
+        if round(self.video_seconds * self.video_fps) < 1:
+            raise ValueError(
+                f"workload.video_seconds={self.video_seconds} at workload.video_fps={self.video_fps} "
+                "is less than one frame: raise either"
+            )
+        if self.audio_format not in AUDIO_FORMATS:
+            raise ValueError(f"workload.audio_format={self.audio_format!r}: choose one of {AUDIO_FORMATS}")
+
+    def _check_mix(self) -> None:
+        unknown = sorted(set(self.mix) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"workload.mix has unknown modality {unknown[0]!r}: use keys from {MODALITIES}")
+        for modality, weight in self.mix.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+                raise ValueError(f"workload.mix.{modality}={weight!r}: set a finite weight >= 0")
+        if sum(self.mix.values()) == 0:
+            raise ValueError("workload.mix: every weight is 0; give at least one modality a weight > 0")
+        weighted = [modality for modality, p in self.mix_probabilities.items() if p > 0]
+        if not 1 <= self.mix_per_request <= len(weighted):
+            raise ValueError(
+                f"workload.mix_per_request={self.mix_per_request}: set it from 1 to the number of "
+                f"modalities with a weight > 0 in workload.mix ({len(weighted)}: {', '.join(weighted)})"
+            )
+        if self.name == "mixed":
+            for modality in weighted:
+                if getattr(self, f"{modality}_count") == 0:
+                    raise ValueError(
+                        f"workload.{modality}_count=0, but workload.mix gives {modality} a weight > 0, so "
+                        f"requests drawn as {modality} would carry none: set it to 1 or more, or "
+                        f"workload.mix.{modality}=0"
+                    )
+
+    @property
+    def mix_probabilities(self) -> dict[str, float]:
+        """Probability of each modality, in `MODALITIES` order: `mix` normalized."""
+        weights = {modality: float(self.mix.get(modality, 0.0)) for modality in MODALITIES}
+        total = sum(weights.values())
+        return {modality: weight / total for modality, weight in weights.items()}
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -128,8 +209,8 @@ class WorkloadRequest:
     """One request of a run, in OpenAI chat-completions terms.
 
     `messages` are OpenAI chat messages: {"role", "content"} where content is a string or a list
-    of parts {"type": "text", "text": ...} and {"type": "image_url", "image_url": {"url": ...}};
-    urls are absolute local paths, file:// URLs or data: URIs. `arrival_s` is the offset at which
+    of parts {"type": "text", "text": ...} and {"type": T, T: {"url": ...}} for T in image_url,
+    video_url, audio_url; urls are absolute local paths, file:// URLs, http(s) URLs or data: URIs. `arrival_s` is the offset at which
     the driver sends the request, from the start of the measured phase; warmup requests have
     arrival 0 and are meant to be sent (and finished) before that phase starts.
     """

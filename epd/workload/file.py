@@ -2,11 +2,16 @@
 
 Each line is an object with `messages` (system/user/assistant turns whose content is a string
 or a list of parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url"}} and
-likewise `video_url`, `audio_url`) and optionally `max_tokens` (or `max_completion_tokens`;
-default `output_len`), `temperature`, `ignore_eos`, `seed` and `id` (default "file-<line>").
-Other keys (`model`, `stream`, ...) are ignored. Media urls may be local paths (relative ones
-resolve against the JSONL file's directory; they become absolute), file:// URLs or data: URIs
-(both kept as given); local files must exist. Blank lines are skipped.
+likewise `video_url`, `audio_url`, or OpenAI's {"type": "input_audio", "input_audio": {"data":
+<base64>, "format": "wav"|"mp3"|"flac"}}) and optionally `max_tokens` (or
+`max_completion_tokens`; default `output_len`), `temperature`, `ignore_eos`, `seed` and `id`
+(default "file-<line>"). Other keys (`model`, `stream`, ...) are ignored. Blank lines are skipped.
+
+Media urls may be local paths (relative ones resolve against the JSONL file's directory; they
+become absolute), file:// or http(s) URLs or data: URIs (kept as given). An input_audio part
+becomes {"type": "audio_url", "audio_url": {"url": "data:audio/<format>;base64,<data>"}}, so the
+rest of epd sees one form of audio. Whether media exist and decode is checked by the encoder
+that fetches them (see `resolve_url`), not here.
 
 The first `warmup_requests` requests are warmup; after them at most `num_requests` are read
 (0 = the rest of the file). Every mistake raises ValueError naming file, line and problem.
@@ -14,6 +19,8 @@ The first `warmup_requests` requests are warmup; after them at most `num_request
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -26,7 +33,8 @@ from epd.workload.base import WorkloadConfig, WorkloadRequest
 
 ROLES = ("system", "user", "assistant")
 MEDIA_PART_TYPES = ("image_url", "video_url", "audio_url")
-PART_TYPES = ("text", *MEDIA_PART_TYPES)
+PART_TYPES = ("text", *MEDIA_PART_TYPES, "input_audio")
+INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac")
 
 
 class WorkloadFileError(ValueError):
@@ -134,6 +142,8 @@ def _parse_part(part: Any, where: str, base_dir: Path) -> dict[str, Any]:
         if not isinstance(part.get("text"), str):
             raise WorkloadFileError(f"{where}: a text part needs a string 'text'")
         return {"type": "text", "text": part["text"]}
+    if part_type == "input_audio":
+        return _parse_input_audio(part.get("input_audio"), where)
     if part_type not in MEDIA_PART_TYPES:
         raise WorkloadFileError(f"{where}.type={part_type!r}: unknown part type; expected one of {list(PART_TYPES)}")
     media = part.get(part_type)
@@ -145,6 +155,27 @@ def _parse_part(part: Any, where: str, base_dir: Path) -> dict[str, Any]:
     except WorkloadFileError as error:
         raise WorkloadFileError(f"{where}: {error}") from None
     return {"type": part_type, part_type: {**media, "url": url}}
+
+
+def _parse_input_audio(audio: Any, where: str) -> dict[str, Any]:
+    """An OpenAI input_audio part as the audio_url part with the same bytes in a data: URI."""
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or "format" not in audio:
+        raise WorkloadFileError(
+            f'{where}: expected "input_audio": {{"data": "<base64>", "format": {"|".join(INPUT_AUDIO_FORMATS)}}}'
+        )
+    audio_format = audio["format"]
+    if audio_format not in INPUT_AUDIO_FORMATS:
+        raise WorkloadFileError(
+            f"{where}.input_audio.format={audio_format!r}: expected one of {list(INPUT_AUDIO_FORMATS)}"
+        )
+    data = audio["data"]
+    try:
+        num_bytes = len(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError) as error:
+        raise WorkloadFileError(f"{where}.input_audio.data {_short(data)} is not valid base64 ({error})") from None
+    if num_bytes == 0:
+        raise WorkloadFileError(f"{where}.input_audio.data is empty")
+    return {"type": "audio_url", "audio_url": {"url": f"data:audio/{audio_format};base64,{data}"}}
 
 
 def resolve_url(url: str, base_dir: Path) -> str:

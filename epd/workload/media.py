@@ -1,11 +1,19 @@
-"""Synthetic media files: deterministic random images, cheap to make even at 4k."""
+"""Synthetic media files: deterministic random images, videos and audio clips.
+
+Images are made here (cheap even at 4k); videos (mp4, H.264, optional AAC track) and audio clips
+(wav/flac/mp3) come from `epd.media.synth`. Every file is written atomically (temp file, then
+rename) and only if missing: its name encodes everything that sets its bytes, so sweeps that share
+a media directory reuse files instead of rewriting them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -20,6 +28,7 @@ NOISE_LEVELS = 64  # grain amplitude, so JPEG sizes are photo-like (~0.35 byte/p
 class ImageSpec:
     """One image to write: its path, size, format, and the seed keys of its content."""
 
+    part_type: ClassVar[str] = "image_url"
     path: Path
     width: int
     height: int
@@ -44,26 +53,95 @@ def synth_image(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     return Image.fromarray(pixels)
 
 
+@dataclass(frozen=True)
+class VideoSpec:
+    """One mp4 to write with `epd.media.synth.write_test_video`; `seed` sets its frames and audio."""
+
+    part_type: ClassVar[str] = "video_url"
+    path: Path
+    seconds: float
+    fps: float
+    width: int
+    height: int
+    with_audio: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """One audio clip to write with `epd.media.synth.write_test_audio`; `seed` sets its signal."""
+
+    part_type: ClassVar[str] = "audio_url"
+    path: Path
+    seconds: float
+    sampling_rate: int
+    audio_format: str  # "wav" | "flac" | "mp3"
+    seed: int
+
+
+MediaSpec = ImageSpec | VideoSpec | AudioSpec
+
+
+def synth_seed(*keys: int) -> int:
+    """The integer content seed that `epd.media.synth` takes, drawn from the seed keys `keys`."""
+    return int(np.random.default_rng(list(keys)).integers(2**31))
+
+
+def media_part(spec: MediaSpec) -> dict[str, Any]:
+    """The OpenAI content part that references `spec`'s file, e.g. {"type": "video_url", ...}."""
+    return {"type": spec.part_type, spec.part_type: {"url": str(spec.path)}}
+
+
 def write_image(spec: ImageSpec) -> Path:
-    """Write `spec`'s image unless the file exists (its name encodes everything that sets its
-    bytes, so an existing file is the same image). Atomic: temp file, then rename."""
+    """Write `spec`'s image unless the file exists (same name, same image)."""
     if spec.path.exists():
         return spec.path
     image = synth_image(np.random.default_rng(list(spec.seed_keys)), spec.width, spec.height)
-    tmp_path = spec.path.with_name(f".{spec.path.name}.{os.getpid()}.tmp")
     if spec.image_format == "jpeg":
-        image.save(tmp_path, format="JPEG", quality=JPEG_QUALITY)
+        options: dict[str, Any] = {"format": "JPEG", "quality": JPEG_QUALITY}
     else:
-        image.save(tmp_path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(tmp_path, spec.path)
-    return spec.path
+        options = {"format": "PNG", "compress_level": PNG_COMPRESS_LEVEL}
+    return _write_once(spec.path, lambda tmp: image.save(tmp, **options))
 
 
-def write_images(specs: list[ImageSpec], max_workers: int | None = None) -> None:
-    """Write many images in parallel threads (numpy and PIL's encoders release the GIL)."""
+def write_media(specs: Iterable[MediaSpec], max_workers: int | None = None) -> None:
+    """Write every missing file of `specs` in parallel threads (numpy, PIL and the codecs release
+    the GIL); a spec listed twice is written once."""
     unique = list({spec.path: spec for spec in specs}.values())
     if not unique:
         return
     max_workers = max_workers or min(16, os.cpu_count() or 1, len(unique))
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        list(pool.map(write_image, unique))
+        list(pool.map(_write_spec, unique))
+
+
+def _write_spec(spec: MediaSpec) -> Path:
+    if isinstance(spec, ImageSpec):
+        return write_image(spec)
+    from epd.media import synth  # imports PyAV; image-only workloads never need it
+
+    if isinstance(spec, VideoSpec):
+        size = (spec.width, spec.height)
+        return _write_once(
+            spec.path,
+            lambda tmp: synth.write_test_video(tmp, spec.seconds, spec.fps, size, spec.with_audio, spec.seed),
+        )
+    return _write_once(
+        spec.path,
+        lambda tmp: synth.write_test_audio(tmp, spec.seconds, spec.sampling_rate, spec.audio_format, spec.seed),
+    )
+
+
+def _write_once(path: Path, write: Callable[[Path], object]) -> Path:
+    """Run `write(tmp_path)` and rename the result to `path`, unless `path` already exists; a
+    failed or interrupted write leaves no partial file under the final name."""
+    if path.exists():
+        return path
+    # the temp name keeps the extension, for writers that pick the container from it
+    tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path

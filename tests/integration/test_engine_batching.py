@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from epd.language import EngineConfig, LanguageEngine
-from epd.models import ItemMeta, detect_family
+from epd.models import MediaInput, detect_family
 from epd.protocol import ItemRef, NewRequest, SamplingParams
 
 
@@ -23,13 +23,14 @@ def roles(tiny_qwen25vl):
 
 def _requests(side) -> list[tuple[NewRequest, list]]:
     rng = np.random.default_rng(0)
-    pad = side.placeholder_id("image")
+    span = side.placeholder_span("image")
     reqs = []
     for i, (n_images, n_text) in enumerate([(0, 9), (1, 5), (2, 17), (1, 3)]):
         images = [Image.fromarray(rng.integers(0, 256, (56 * (j + 2), 84, 3), dtype=np.uint8)) for j in range(n_images)]
         prompt = rng.integers(0, 600, n_text).tolist()
         for _ in images:
-            prompt.insert(int(rng.integers(0, len(prompt) + 1)), pad)
+            at = int(rng.integers(0, len(prompt) + 1))
+            prompt[at:at] = span
         refs = [ItemRef(index=j, modality="image", encoder_rank=0) for j in range(n_images)]
         sampling = SamplingParams(max_tokens=6 + i, ignore_eos=True)
         reqs.append((NewRequest(request_id=f"r{i}", prompt_token_ids=prompt, items=refs, sampling=sampling), images))
@@ -40,9 +41,9 @@ def _serve(side, encoder, reqs, cfg: EngineConfig) -> tuple[dict[str, list[int]]
     engine = LanguageEngine(side, cfg, torch.device("cpu"))
     for req, images in reqs:
         engine.add_request(req)
-        for j, item in enumerate(encoder.encode_images(images) if images else []):
-            meta = ItemMeta(modality="image", grid_thw=item.grid_thw, num_tokens=item.num_tokens)
-            engine.add_item(req.request_id, j, meta, item.embeds, None, {})
+        inputs = [MediaInput(modality="image", data=img) for img in images]
+        for j, item in enumerate(encoder.encode(inputs) if inputs else []):
+            engine.add_item(req.request_id, j, item.meta, item.tensors, None, {})
     tokens: dict[str, list[int]] = {}
     widest = 0
     while engine.has_work:

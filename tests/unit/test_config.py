@@ -68,7 +68,10 @@ def test_inf_rate_and_roundtrip(tmp_path):
         (["engine.max_num_seqs=0"], "engine.max_num_seqs must be"),
         (["device=tpu"], "device='tpu' is not one of"),
         (["device=cuda"], "no CUDA GPU is visible"),
-        (["scheduler.encoder_policy=fastest"], "scheduler.encoder_policy='fastest' is unknown; known: round_robin"),
+        (
+            ["scheduler.encoder_policy=fastest"],
+            "scheduler.encoder_policy='fastest' is unknown; known: modality, round_robin",
+        ),
         (["transfer.backend=carrier_pigeon"], "carrier_pigeon"),
         (["model.dtype=int3"], "model.dtype='int3' is not one of"),
         (["workload=file"], "needs workload.path"),

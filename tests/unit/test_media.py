@@ -1,4 +1,4 @@
-"""Media sources and image decoding: every failure is a MediaError that names the source."""
+"""Media sources, config and image decoding: every failure is a MediaError that names the source."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from epd.media import MediaError, fetch_bytes, load_image
+from epd.media import MediaConfig, MediaError, fetch_bytes, load_image
 
 
 @pytest.fixture
@@ -39,7 +39,6 @@ def test_grayscale_and_alpha_become_rgb(tmp_path):
         ("/no/such/file.png", "cannot read media file"),
         ("data:image/png;base64,@@@", "not valid base64"),
         ("data:image/png;base64", "no ','"),
-        ("https://example.com/a.png", "http"),
     ],
 )
 def test_bad_sources(source, message):
@@ -48,10 +47,56 @@ def test_bad_sources(source, message):
 
 
 def test_limits(png, tmp_path):
-    with pytest.raises(MediaError, match="over the limit of 10 bytes"):
+    with pytest.raises(MediaError, match=r"is 91 bytes, over media.max_bytes=10$"):
         fetch_bytes(str(png), max_bytes=10)
-    with pytest.raises(MediaError, match="30x20, over the limit of 100 pixels"):
+    with pytest.raises(MediaError, match=r"30x20 \(600 pixels\), over media.max_image_pixels=100$"):
         load_image(str(png), max_pixels=100)
+    cfg = MediaConfig(max_bytes=90, max_image_pixels=599)
+    with pytest.raises(MediaError, match="over media.max_bytes=90"):
+        load_image(png.as_uri(), cfg=cfg)
+    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    with pytest.raises(MediaError, match="data: URI payload is 91 bytes, over media.max_bytes=50"):
+        fetch_bytes(uri, cfg=MediaConfig(max_bytes=50))
+    with pytest.raises(MediaError, match="over media.max_image_pixels=599"):
+        load_image(uri, cfg=MediaConfig(max_image_pixels=599))
+    with pytest.raises(MediaError, match="data: URI payload is 12 bytes, over media.max_bytes=11"):
+        fetch_bytes("data:text/plain,hello%20world!", cfg=MediaConfig(max_bytes=11))
+    assert load_image(uri, cfg=MediaConfig(max_bytes=91, max_image_pixels=600)).size == (30, 20)
+
+
+def test_http_disabled():
+    with pytest.raises(MediaError, match=r"http\(s\) media is disabled \(media.allow_http=false\)"):
+        fetch_bytes("https://example.com/a.png", cfg=MediaConfig(allow_http=False))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_bytes", 0),
+        ("max_bytes", 1.5),
+        ("max_image_pixels", -1),
+        ("max_video_seconds", 0),
+        ("max_audio_seconds", "60"),
+        ("fetch_timeout_s", 0.0),
+        ("video_backend", "opencv"),
+        ("video_fps", 0),
+        ("video_min_frames", 0),
+        ("video_max_frames", 2.5),
+        ("allow_http", "yes"),
+    ],
+)
+def test_config_rejects(key, value):
+    with pytest.raises(ValueError, match=f"media.{key}"):
+        MediaConfig(**{key: value})
+
+
+def test_config_defaults_and_order():
+    cfg = MediaConfig(video_fps=1, video_min_frames=2, video_max_frames=8, max_video_seconds=60)
+    assert cfg.video_backend == "auto" and cfg.allow_http and cfg.max_audio_seconds > 0
+    with pytest.raises(ValueError, match="media.video_min_frames=9 is above media.video_max_frames=8"):
+        MediaConfig(video_min_frames=9, video_max_frames=8)
+    with pytest.raises(TypeError):
+        MediaConfig(1)  # keyword-only
 
 
 def test_truncated_and_garbage(tmp_path):

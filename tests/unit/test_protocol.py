@@ -31,8 +31,10 @@ MESSAGES = [
         request_id="r",
         index=0,
         modality="image",
-        grid_thw=[1, 4, 6],
-        num_tokens=6,
+        token_ids=[643, 646, 646, 644],
+        token_types=[0, 1, 1, 0],
+        info={"grid_thw": [1, 4, 4], "second_per_grid": 0.5},
+        tensor_names=["embeds", "deepstack"],
         handle=TransferHandle(
             backend="zmq", src=0, dst=2, transfer_id=3, specs=[TensorSpec("bfloat16", [6, 64])], payload=b"\x01"
         ),

@@ -94,6 +94,17 @@ def test_num_requests_caps_and_warmup_takes_first_lines(data_dir):
 GOOD = {"messages": [{"role": "user", "content": "fine"}]}
 
 
+def user_parts(*parts: dict) -> dict:
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+def audio_part(data: str, audio_format: str | None) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": data, **({"format": audio_format} if audio_format else {})}}
+
+
+WAV_B64 = base64.b64encode(b"RIFF....WAVE not really audio").decode()
+
+
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
@@ -104,9 +115,22 @@ GOOD = {"messages": [{"role": "user", "content": "fine"}]}
         ({"messages": [{"role": "robot", "content": "x"}]}, r"messages\[0\]\.role='robot'"),
         ({"messages": [{"role": "user", "content": 3}]}, r"messages\[0\]\.content: expected a string or a list"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
-            r"messages\[0\]\.content\[0\]\.type='input_audio': unknown part type",
+            {"messages": [{"role": "user", "content": [{"type": "input_file", "input_file": {}}]}]},
+            r"messages\[0\]\.content\[0\]\.type='input_file': unknown part type",
         ),
+        (user_parts({"type": "video_url", "video_url": {}}), r"content\[0\]: expected \"video_url\": \{\"url\""),
+        (user_parts({"type": "audio_url", "audio_url": {"url": ""}}), r"content\[0\]: expected \"audio_url\""),
+        (user_parts({"type": "audio_url"}), r"content\[0\]: expected \"audio_url\""),
+        (user_parts({"type": "input_audio", "input_audio": {}}), r"content\[0\]: expected \"input_audio\": \{\"data\""),
+        (user_parts({"type": "input_audio", "input_audio": "UklGRg=="}), r"content\[0\]: expected \"input_audio\""),
+        (user_parts(audio_part(WAV_B64, None)), r"content\[0\]: expected \"input_audio\""),
+        (user_parts(audio_part(WAV_B64, "ogg")), r"content\[0\]\.input_audio\.format='ogg': expected one of"),
+        (
+            user_parts(audio_part("not base64!", "wav")),
+            r"content\[0\]\.input_audio\.data 'not base64!' is not valid base64",
+        ),
+        (user_parts(audio_part("UklGR", "wav")), r"input_audio\.data 'UklGR' is not valid base64"),
+        (user_parts(audio_part("", "wav")), r"content\[0\]\.input_audio\.data is empty"),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "needs a string 'text'"),
         (
             {
@@ -137,6 +161,32 @@ def test_missing_file_and_no_measured_requests(data_dir):
     path = write_jsonl(data_dir / "one.jsonl", [GOOD])
     with pytest.raises(ValueError, match="none left to measure"):
         load(path, warmup_requests=1)
+
+
+def test_video_audio_and_input_audio_parts(data_dir):
+    clip = data_dir / "media" / "clip.mp4"
+    mp3_b64 = base64.b64encode(b"ID3 not really an mp3").decode()
+    line = user_parts(
+        {"type": "video_url", "video_url": {"url": "media/clip.mp4"}},
+        {"type": "video_url", "video_url": {"url": clip.as_uri()}},
+        {"type": "audio_url", "audio_url": {"url": "sound.flac"}},
+        {"type": "audio_url", "audio_url": {"url": "https://example.com/a.wav"}},
+        audio_part(WAV_B64, "wav"),
+        audio_part(mp3_b64, "mp3"),
+        {"type": "text", "text": "Describe."},
+    )
+    (request,) = load(write_jsonl(data_dir / "av.jsonl", [line]))
+    assert request.messages[0]["content"] == [
+        {"type": "video_url", "video_url": {"url": str(clip)}},  # relative to the JSONL file
+        {"type": "video_url", "video_url": {"url": clip.as_uri()}},
+        {"type": "audio_url", "audio_url": {"url": str(data_dir / "sound.flac")}},
+        {"type": "audio_url", "audio_url": {"url": "https://example.com/a.wav"}},
+        {"type": "audio_url", "audio_url": {"url": f"data:audio/wav;base64,{WAV_B64}"}},
+        {"type": "audio_url", "audio_url": {"url": f"data:audio/mp3;base64,{mp3_b64}"}},
+        {"type": "text", "text": "Describe."},
+    ]
+    data_uri = request.messages[0]["content"][4]["audio_url"]["url"]
+    assert base64.b64decode(data_uri.partition(",")[2]) == b"RIFF....WAVE not really audio"
 
 
 def test_media_is_checked_at_fetch_time_not_load_time(data_dir):

@@ -1,4 +1,8 @@
-"""Qwen2.5-VL: window-attention ViT (patch 14, merge 2) + Qwen2 LM with sectioned M-RoPE."""
+"""Qwen2.5-VL: window-attention ViT (patch 14, merge 2) + Qwen2 LM with sectioned M-RoPE.
+
+Video positions advance ``tokens_per_second * second_per_grid`` per temporal grid, so the item
+carries ``second_per_grid`` (temporal_patch_size / sampled fps) besides its grid.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,73 @@ from typing import Any
 
 import torch
 
-from epd.models.base import EncodedItem, ItemMeta, LanguageSide, ModelFamily, VisionEncoder
+from epd.models.base import IMAGE, VIDEO, EncodedItem, ItemMeta, LanguageSide, MediaInput, ModelFamily, TowerEncoder
+from epd.models.families.qwen_common import (
+    frame_sampling,
+    load_hf_model,
+    processor_kwargs,
+    run_vision_tower,
+    span_types,
+)
 from epd.models.registry import FAMILIES
 
-MODALITY_TYPE = {"image": 1, "video": 2}  # transformers' mm_token_type_ids
+PLACEHOLDER_TEXT = {
+    "image": "<|vision_start|><|image_pad|><|vision_end|>",
+    "video": "<|vision_start|><|video_pad|><|vision_end|>",
+}
 
 
-def load_hf_model(ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> Any:
-    """The monolithic HF model: weights from ``ckpt``, or random weights built directly on ``device``."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+class Qwen25Encoder(TowerEncoder):
+    modalities = ("image", "video")
 
-    if random_init:
-        config = AutoConfig.from_pretrained(ckpt)
-        with torch.device(device):
-            model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=dtype).to(device)
-    return model.eval()
-
-
-class Qwen25VisionEncoder(VisionEncoder):
-    def __init__(self, visual: torch.nn.Module, image_processor: Any, device: torch.device, dtype: torch.dtype):
+    def __init__(self, visual: torch.nn.Module, processor: Any, config: Any, device: torch.device, dtype):
         self.visual = visual
-        self.image_processor = image_processor
+        self.processor = processor
         self.device = device
         self.dtype = dtype
-        self.merge = visual.spatial_merge_size
+        self.type_of = {config.image_token_id: IMAGE, config.video_token_id: VIDEO}
+
+    def frame_sampling(self, media: Any) -> Any:
+        return frame_sampling(self.processor.video_processor, media)
 
     @torch.inference_mode()
-    def encode_images(self, images: list[Any]) -> list[EncodedItem]:
-        batch = self.image_processor(images=images, return_tensors="pt")
-        grid_thw = batch["image_grid_thw"]  # [n_images, 3]
-        pixels = batch["pixel_values"].to(self.device, self.dtype)  # [sum(t*h*w), C*T*P*P]
-        embeds = self.visual(pixels, grid_thw=grid_thw.to(self.device)).pooler_output  # [sum(tokens), H]
-        counts = (grid_thw.prod(-1) // self.merge**2).tolist()
-        return [
-            EncodedItem(embeds=e, grid_thw=g.tolist(), num_tokens=n)
-            for e, g, n in zip(embeds.split(counts), grid_thw, counts, strict=True)
+    def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
+        feats = [
+            self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **processor_kwargs(inp))
+            for inp in inputs
         ]
+        out: list[EncodedItem | None] = [None] * len(inputs)
+        for modality, pix_key, grid_key in (
+            ("image", "pixel_values", "image_grid_thw"),
+            ("video", "pixel_values_videos", "video_grid_thw"),
+        ):
+            idx = [i for i, inp in enumerate(inputs) if inp.modality == modality]
+            if not idx:
+                continue
+            grids = [feats[i][grid_key] for i in idx]
+            tower, counts = run_vision_tower(
+                self.visual, [feats[i][pix_key] for i in idx], grids, self.device, self.dtype
+            )
+            for i, grid, embeds in zip(idx, grids, tower.pooler_output.split(counts), strict=True):
+                ids = feats[i]["input_ids"][0].tolist()
+                meta = ItemMeta(
+                    modality=modality,
+                    token_ids=ids,
+                    token_types=span_types(ids, self.type_of),
+                    info=self._info(feats[i], grid),
+                )
+                out[i] = EncodedItem(meta=meta, tensors={"embeds": embeds, **self._extra(tower, idx.index(i), counts)})
+        return out
+
+    def _info(self, feat: Any, grid: torch.Tensor) -> dict[str, Any]:
+        info: dict[str, Any] = {"grid_thw": grid[0].tolist()}
+        if "second_per_grid_ts" in feat:  # video: seconds per temporal grid drive the time positions
+            info["second_per_grid"] = float(feat["second_per_grid_ts"][0])
+        return info
+
+    def _extra(self, tower: Any, k: int, counts: list[int]) -> dict[str, torch.Tensor]:
+        """Tensors beyond the merged embeddings (DeepStack families override)."""
+        return {}
 
 
 class Qwen25Language(LanguageSide):
@@ -55,39 +88,27 @@ class Qwen25Language(LanguageSide):
         self.text_model = inner.language_model
         self.lm_head = model.lm_head
         cfg = model.config
-        self._placeholder = {"image": cfg.image_token_id, "video": cfg.video_token_id}
+        self._spans = {
+            "image": [cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id],
+            "video": [cfg.vision_start_token_id, cfg.video_token_id, cfg.vision_end_token_id],
+        }
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
-    def placeholder_id(self, modality: str) -> int:
-        return self._placeholder[modality]
+    def placeholder_span(self, modality: str) -> list[int]:
+        return self._spans[modality]
 
-    def expand(self, prompt_ids: list[int], items: list[ItemMeta]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids: list[int] = []
-        types: list[int] = []
-        pending = iter(items)
-        placeholders = set(self._placeholder.values())
-        for tok in prompt_ids:
-            if tok not in placeholders:
-                ids.append(tok)
-                types.append(0)
-                continue
-            item = next(pending, None)
-            if item is None or self._placeholder[item.modality] != tok:
-                raise ValueError("prompt placeholders do not match the request's media items")
-            ids.extend([tok] * item.num_tokens)
-            types.extend([MODALITY_TYPE[item.modality]] * item.num_tokens)
-        if next(pending, None) is not None:
-            raise ValueError("the request has more media items than placeholders in its prompt")
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(types, dtype=torch.int32)
-
-    def positions(self, ids: torch.Tensor, mm_types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
+    def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
         if not items:
-            pos = torch.arange(ids.numel()).expand(3, -1)
-            return pos, 0
-        grids = torch.tensor([it.grid_thw for it in items if it.modality == "image"], dtype=torch.long)
+            return torch.arange(ids.numel()).expand(3, -1), 0
+        images = [it.info["grid_thw"] for it in items if it.modality == "image"]
+        videos = [it for it in items if it.modality == "video"]
         pos, delta = self._inner.get_rope_index(
-            ids[None], mm_token_type_ids=mm_types[None], image_grid_thw=grids if len(grids) else None
+            ids[None],
+            mm_token_type_ids=types[None],
+            image_grid_thw=torch.tensor(images) if images else None,
+            video_grid_thw=torch.tensor([v.info["grid_thw"] for v in videos]) if videos else None,
+            second_per_grid_ts=torch.tensor([v.info["second_per_grid"] for v in videos]) if videos else None,
         )
         return pos[:, 0], int(delta.item())
 
@@ -96,15 +117,13 @@ class Qwen25Language(LanguageSide):
 class Qwen25VL(ModelFamily):
     name = "qwen2_5_vl"
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
-    modalities = ("image",)
+    modalities = ("image", "video")
 
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> VisionEncoder:
+    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
         from transformers import AutoProcessor
 
         model = load_hf_model(ckpt, random_init, device, dtype)
-        visual = model.model.visual
-        processor = AutoProcessor.from_pretrained(ckpt)
-        return Qwen25VisionEncoder(visual, processor.image_processor, device, dtype)
+        return Qwen25Encoder(model.model.visual, AutoProcessor.from_pretrained(ckpt), model.config, device, dtype)
 
     def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
         return Qwen25Language(load_hf_model(ckpt, random_init, device, dtype))

@@ -1,4 +1,5 @@
-"""``round_robin``: items go to the encoders in turn, across requests."""
+"""``round_robin``: items go to the encoders in turn, across requests (skipping encoders that do
+not take an item's modality)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ from epd.scheduler.base import EncoderPolicy, MediaItemInfo
 
 @ENCODER_POLICIES.register("round_robin")
 class RoundRobin(EncoderPolicy):
-    def __init__(self, encoder_ranks: list[int]) -> None:
-        super().__init__(encoder_ranks)
-        self._next = 0
+    def __init__(self, encoders: dict[int, tuple[str, ...]]) -> None:
+        super().__init__(encoders)
+        self._turn = 0
 
     def assign(self, items: list[MediaItemInfo]) -> list[int]:
         ranks = []
-        for _ in items:
-            ranks.append(self.encoder_ranks[self._next % len(self.encoder_ranks)])
-            self._next += 1
+        order = list(self.encoders)
+        for item in items:
+            for _ in range(len(order)):
+                rank = order[self._turn % len(order)]
+                self._turn += 1
+                if item.modality in self.encoders[rank]:
+                    ranks.append(rank)
+                    break
+            else:
+                raise ValueError(f"no encoder takes {item.modality}")
         return ranks

@@ -1,0 +1,60 @@
+"""``MediaConfig``: limits, sources and decoding choices for every media item an encoder loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
+
+
+@dataclass(kw_only=True)
+class MediaConfig:
+    """Per-item limits and decoding options (the ``media`` config group).
+
+    Every limit a media item breaks raises ``MediaError`` naming the limit, the item's value and the
+    key to raise, e.g. ``video x.mp4 is 95.0 s long, over media.max_video_seconds=60``.
+    """
+
+    max_bytes: int = 256 << 20
+    """Largest encoded item (file, data: payload or http body) in bytes."""
+    max_image_pixels: int = 8192 * 8192
+    """Largest image, width x height."""
+    max_video_seconds: float = 600.0
+    """Longest video (frames / average fps)."""
+    max_audio_seconds: float = 600.0
+    """Longest audio clip, including the audio track of a video."""
+    fetch_timeout_s: float = 30.0
+    """Seconds one http(s) fetch may take: connecting, each read and the whole download."""
+    video_backend: str = "auto"
+    """``auto`` (first installed of torchcodec, decord, pyav), ``pyav``, ``decord`` or ``torchcodec``."""
+    video_fps: float | None = None
+    """Frames kept per second of video; None: the checkpoint's video processor config."""
+    video_min_frames: int | None = None
+    """Fewest frames kept per video; None: the checkpoint's video processor config."""
+    video_max_frames: int | None = None
+    """Most frames kept per video; None: the checkpoint's video processor config."""
+    allow_http: bool = True
+    """Whether http:// and https:// sources may be fetched."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_bytes", "max_image_pixels"):
+            _check_positive(key, getattr(self, key), int)
+        for key in ("max_video_seconds", "max_audio_seconds", "fetch_timeout_s"):
+            _check_positive(key, getattr(self, key), (int, float))
+        if self.video_backend not in VIDEO_BACKENDS:
+            raise ValueError(f"media.video_backend={self.video_backend!r}; choose one of {', '.join(VIDEO_BACKENDS)}")
+        if self.video_fps is not None:
+            _check_positive("video_fps", self.video_fps, (int, float))
+        for key in ("video_min_frames", "video_max_frames"):
+            if getattr(self, key) is not None:
+                _check_positive(key, getattr(self, key), int)
+        lo, hi = self.video_min_frames, self.video_max_frames
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"media.video_min_frames={lo} is above media.video_max_frames={hi}")
+        if not isinstance(self.allow_http, bool):
+            raise ValueError(f"media.allow_http must be true or false, got {self.allow_http!r}")
+
+
+def _check_positive(key: str, value: object, kind: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:  # type: ignore[operator]
+        raise ValueError(f"media.{key} must be a positive number, got {value!r}")

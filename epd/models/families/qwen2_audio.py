@@ -1,0 +1,95 @@
+"""Qwen2-Audio: Whisper-style audio encoder (mel windows, stride-2 conv + avg-pool: 25 tokens/s)
++ Qwen2 LM with plain 1-D RoPE.
+
+The tower is run on its own, so the bidirectional padding mask the monolithic forward builds from
+``feature_attention_mask`` is rebuilt here (without it the embeddings of short clips differ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from epd.models.base import AUDIO, EncodedItem, ItemMeta, LanguageSide, MediaInput, ModelFamily, TowerEncoder
+from epd.models.families.qwen_common import load_hf_model, processor_kwargs, span_types
+from epd.models.registry import FAMILIES
+
+PLACEHOLDER_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+
+class Qwen2AudioEncoder(TowerEncoder):
+    modalities = ("audio",)
+
+    def __init__(self, model: Any, processor: Any, device: torch.device, dtype: torch.dtype) -> None:
+        self.tower = model.audio_tower
+        self.projector = model.multi_modal_projector
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.audio_sampling_rate = processor.feature_extractor.sampling_rate
+        self.type_of = {model.config.audio_token_id: AUDIO}
+
+    @torch.inference_mode()
+    def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        feats = [self.processor(text=[PLACEHOLDER_TEXT], return_tensors="pt", **processor_kwargs(i)) for i in inputs]
+        features = torch.cat([f["input_features"] for f in feats]).to(self.device, self.dtype)  # [n, mel, frames]
+        mel_lens = torch.cat([f["feature_attention_mask"] for f in feats]).sum(-1).to(self.device)  # [n]
+        conv_lens, out_lens = self.tower._get_feat_extract_output_lengths(mel_lens)
+        max_len = (features.shape[-1] - 2) // 2 + 1  # frames after the stride-2 conv
+        keep = (torch.arange(max_len, device=self.device)[None, :] < conv_lens[:, None]).long()  # [n, max_len]
+        dummy = torch.zeros(features.shape[0], max_len, 1, dtype=self.dtype, device=self.device)
+        mask = create_bidirectional_mask(config=self.tower.config, inputs_embeds=dummy, attention_mask=keep)
+        hidden = self.projector(self.tower(features, attention_mask=mask).last_hidden_state)  # [n, T, H]
+        out = []
+        for f, h, n in zip(feats, hidden, out_lens.tolist(), strict=True):
+            ids = f["input_ids"][0].tolist()
+            meta = ItemMeta(modality="audio", token_ids=ids, token_types=span_types(ids, self.type_of), info={})
+            out.append(EncodedItem(meta=meta, tensors={"embeds": h[:n]}))
+        return out
+
+
+class Qwen2AudioLanguage(LanguageSide):
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        lm = model.language_model  # Qwen2ForCausalLM
+        self.text_model = lm.model
+        self.lm_head = lm.lm_head
+        # config.json names only the pad token; the span's bos/eos ids come from the tokenizer (start-up only)
+        self._span = tokenizer.convert_tokens_to_ids(["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"])
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        model.audio_tower = model.multi_modal_projector = None  # the tower lives on the encoders
+
+    def placeholder_span(self, modality: str) -> list[int]:
+        return self._span
+
+    def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
+        return torch.arange(ids.numel()).expand(3, -1), 0
+
+
+@FAMILIES.register("qwen2_audio")
+class Qwen2Audio(ModelFamily):
+    name = "qwen2_audio"
+    architectures = ("Qwen2AudioForConditionalGeneration",)
+    modalities = ("audio",)
+
+    @staticmethod
+    def _load(ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> Any:
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        return load_hf_model(ckpt, random_init, device, dtype, Qwen2AudioForConditionalGeneration)
+
+    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+        from transformers import AutoProcessor
+
+        return Qwen2AudioEncoder(
+            self._load(ckpt, random_init, device, dtype), AutoProcessor.from_pretrained(ckpt), device, dtype
+        )
+
+    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
+        from transformers import AutoTokenizer
+
+        return Qwen2AudioLanguage(self._load(ckpt, random_init, device, dtype), AutoTokenizer.from_pretrained(ckpt))

@@ -1,0 +1,75 @@
+"""Pieces shared by the Qwen families: loading, per-item processor runs, packed vision tower calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from epd.models.base import TEXT, MediaInput
+
+
+def load_hf_model(ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, auto_cls: Any = None) -> Any:
+    """The monolithic HF model: weights from ``ckpt``, or random weights built directly on ``device``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    auto_cls = auto_cls or AutoModelForImageTextToText
+    if random_init:
+        config = AutoConfig.from_pretrained(ckpt)
+        with torch.device(device):
+            model = auto_cls.from_config(config, dtype=dtype)
+    else:
+        model = auto_cls.from_pretrained(ckpt, dtype=dtype).to(device)
+    return model.eval()
+
+
+def video_metadata(clip: Any) -> Any:
+    """transformers' ``VideoMetadata`` of the frames epd decoded (so the processor samples no further)."""
+    from transformers.video_utils import VideoMetadata
+
+    return VideoMetadata(
+        total_num_frames=clip.num_source_frames,
+        fps=clip.fps,
+        duration=clip.duration,
+        frames_indices=[int(i) for i in clip.indices],
+    )
+
+
+def processor_kwargs(inp: MediaInput) -> dict[str, Any]:
+    """Keyword arguments that hand one decoded item to a Qwen processor."""
+    if inp.modality == "image":
+        return {"images": [inp.data]}
+    if inp.modality == "video":
+        return {"videos": [inp.data.frames], "video_metadata": [video_metadata(inp.data)], "do_sample_frames": False}
+    if inp.modality == "audio":
+        return {"audio": [inp.data.samples]}
+    raise ValueError(f"unknown modality {inp.modality!r}")
+
+
+def span_types(token_ids: list[int], type_of: dict[int, int]) -> list[int]:
+    """Token types of an expanded span from its pad ids (everything else is text)."""
+    return [type_of.get(tok, TEXT) for tok in token_ids]
+
+
+def run_vision_tower(visual: torch.nn.Module, pixels: list[torch.Tensor], grids: list[torch.Tensor], device, dtype):
+    """One packed tower call over several items; returns the output object and per-item token counts."""
+    grid_thw = torch.cat(grids)  # [n_items, 3]
+    pixel_values = torch.cat(pixels).to(device, dtype)  # [sum(t*h*w), C*T*P*P]
+    out = visual(pixel_values, grid_thw=grid_thw.to(device))
+    counts = (grid_thw.prod(-1) // visual.spatial_merge_size**2).tolist()
+    return out, counts
+
+
+def frame_sampling(video_processor: Any, media: Any) -> Any:
+    """The checkpoint's video sampling (fps, min/max frames), with ``media.video_*`` overrides."""
+    from epd.media import FrameSampling
+
+    def pick(override: Any, name: str, default: Any) -> Any:
+        return override if override is not None else getattr(video_processor, name, None) or default
+
+    return FrameSampling(
+        fps=float(pick(media.video_fps, "fps", 2.0)),
+        min_frames=int(pick(media.video_min_frames, "min_frames", 4)),
+        max_frames=int(pick(media.video_max_frames, "max_frames", 768)),
+    )

@@ -1,0 +1,75 @@
+"""What every synthetic workload shares: request ids, prompt text, file names and the build loop.
+
+A synthetic generator only says which media files request `index` of a kind (measured or warmup)
+carries; `build_synthetic` adds ~`input_len` tokens of random text after the media parts, writes
+the missing files in parallel and times the requests. Everything random is seeded by
+(`cfg.seed`, stream, kind, index, ...), so one request's content never depends on how many
+requests, items or other modalities the run has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from epd.workload.arrivals import PROMPT_STREAM, assign_arrivals, seeded_rng
+from epd.workload.base import WorkloadConfig, WorkloadRequest
+from epd.workload.media import MediaSpec, media_part, write_media
+from epd.workload.text import make_prompt
+
+MEASURED, WARMUP, POOL = 0, 1, 2  # seed keys telling measured, warmup and pooled media apart
+
+SpecsOf = Callable[[int, int], list[MediaSpec]]
+"""(kind, index) -> the media of that request, in the order its content parts list them."""
+
+
+def build_synthetic(cfg: WorkloadConfig, tokenizer: Any, specs_of: SpecsOf) -> list[WorkloadRequest]:
+    """`warmup_requests` warmup requests, then `num_requests` measured ones, with their media
+    files written and their arrival times set."""
+    requests: list[WorkloadRequest] = []
+    specs: list[MediaSpec] = []
+    for kind, count in ((WARMUP, cfg.warmup_requests), (MEASURED, cfg.num_requests)):
+        for index in range(count):
+            media = specs_of(kind, index)
+            specs += media
+            requests.append(make_request(cfg, kind, index, media, tokenizer))
+    write_media(specs)
+    return assign_arrivals(requests, cfg)
+
+
+def make_request(
+    cfg: WorkloadConfig, kind: int, index: int, media: list[MediaSpec], tokenizer: Any = None
+) -> WorkloadRequest:
+    """One user turn: a part per media file, then a text part of ~`input_len` tokens (if > 0)."""
+    rng = seeded_rng(cfg.seed, PROMPT_STREAM, kind, index)
+    text = make_prompt(rng, cfg.input_len, tokenizer)
+    content = [media_part(spec) for spec in media]
+    if text:
+        content.append({"type": "text", "text": text})
+    return WorkloadRequest(
+        id=f"warmup-{index}" if kind == WARMUP else f"req-{index}",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=cfg.output_len,
+        temperature=cfg.temperature,
+        ignore_eos=cfg.ignore_eos,
+        # a per-request sampling seed makes sampled runs repeatable; greedy needs none
+        seed=int(rng.integers(2**31)) if cfg.temperature > 0 else None,
+        warmup=kind == WARMUP,
+    )
+
+
+def item_tag(kind: int, index: int, k: int) -> str:
+    """The part of a file name that says whose item it is: "req3-0", "warmup1-2"."""
+    return f"{'warmup' if kind == WARMUP else 'req'}{index}-{k}"
+
+
+def media_path(media_dir: Path, name: str) -> Path:
+    """Absolute path of file `name` in `media_dir` (messages carry absolute paths)."""
+    return (media_dir / name).absolute()
+
+
+def format_number(value: float) -> str:
+    """A number as file names write it: 2.0 -> "2", 29.97 -> "29.97" (exact, so names never
+    collide for different values)."""
+    return repr(float(value)).removesuffix(".0")
