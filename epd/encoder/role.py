@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video
 from epd.models import EncodedItem, MediaInput, TowerEncoder
@@ -58,7 +57,7 @@ class EncoderRole:
         for msg, queued in batch:
             res = EncodeResult(msg=msg, timestamps={"encode_queue_start": queued, "fetch_start": time.time()})
             try:
-                inputs.append(MediaInput(modality=msg.modality, data=self._decode(msg)))
+                inputs.append(self._decode(msg))
                 res.timestamps["fetch_end"] = time.time()
             except MediaError as exc:
                 res.error = str(exc)
@@ -68,16 +67,17 @@ class EncoderRole:
             self._encode(ok, inputs)
         return results
 
-    def _decode(self, msg: EncodeItem) -> Any:
+    def _decode(self, msg: EncodeItem) -> MediaInput:
         if msg.modality not in self.encoder.modalities:
             raise MediaError(
                 f"this model takes {', '.join(self.encoder.modalities)} input, not {msg.modality} ({msg.source[:64]})"
             )
         if msg.modality == "image":
-            return load_image(msg.source, cfg=self.media)
+            return MediaInput(modality="image", data=load_image(msg.source, cfg=self.media))
         if msg.modality == "video":
-            return load_video(msg.source, self.media, self.encoder.frame_sampling(self.media))
-        return load_audio(msg.source, self.media, self.encoder.audio_sampling_rate)
+            sampling = self.encoder.frame_sampling(self.media)
+            return MediaInput(modality="video", data=load_video(msg.source, self.media, sampling), sampling=sampling)
+        return MediaInput(modality="audio", data=load_audio(msg.source, self.media, self.encoder.audio_sampling_rate))
 
     def _encode(self, results: list[EncodeResult], inputs: list[MediaInput]) -> None:
         start = time.time()

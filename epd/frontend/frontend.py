@@ -112,6 +112,9 @@ class Frontend:
             MediaItemInfo(request_id=req.id, index=i, modality=m.modality, source=m.source) for i, m in enumerate(media)
         ]
         tracked.encoders = self.policy.assign(tracked.items) if tracked.items else []
+        record.items = [
+            {"modality": it.modality, "encoder": enc} for it, enc in zip(tracked.items, tracked.encoders, strict=True)
+        ]
         tracked.language_rank = min(self.language_load, key=self.language_load.get)
         self.language_load[tracked.language_rank] += 1
         self.inflight[req.id] = tracked

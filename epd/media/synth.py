@@ -54,7 +54,7 @@ def write_test_video(
     codec: str = "libx264",
     gop: int | None = None,
 ) -> Path:
-    """Write an mp4 of ``round(seconds * fps)`` frames of :func:`video_frame` (yuv420p).
+    """Write an mp4 of ``round(seconds * fps)`` frames of :func:`video_frame` (yuv420p, even ``size=(W, H)``).
 
     ``codec`` is ``libx264`` (with B-frames, so decode order differs from display order) or
     ``mpeg4``; ``gop`` is the keyframe interval (default: one per second), so seeking is
@@ -62,6 +62,8 @@ def write_test_video(
     """
     path = Path(path)
     width, height = size
+    if width % 2 or height % 2:
+        raise ValueError(f"size={size}: yuv420p needs an even width and height")
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w", format="mp4") as out:
         video = out.add_stream(codec, rate=rate)

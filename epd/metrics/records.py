@@ -28,6 +28,8 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     num_prompt_tokens: int = 0
     error: str | None = None
     warmup: bool = False
+    items: list[dict] = []
+    """One entry per media item: modality and the encoder rank it was assigned to."""
 
     @property
     def num_output_tokens(self) -> int:

@@ -30,6 +30,8 @@ class MediaInput:
     modality: str
     data: Any
     """PIL image, ``epd.media.VideoClip`` or ``epd.media.AudioClip``."""
+    sampling: Any = None
+    """Video: the ``epd.media.FrameSampling`` that chose the frames (the processor needs its fps)."""
 
 
 @dataclass(kw_only=True)

@@ -98,7 +98,7 @@ def test_video_processor_sees_the_same_frames(cls, video):
 def tiny_families() -> list[str]:
     from epd.tiny import FAMILIES
 
-    return [name for name in ("qwen2_5_vl", "qwen3_vl") if name in FAMILIES]
+    return [name for name in ("qwen2_5_vl", "qwen3_vl", "qwen3_omni") if name in FAMILIES]
 
 
 @pytest.mark.parametrize("family", tiny_families())
@@ -110,7 +110,11 @@ def test_tiny_checkpoint_processor_same_inputs(family, video):
     proc = AutoProcessor.from_pretrained(cached_tiny(family))
     sampling = FrameSampling.for_processor(proc.video_processor)
     everything, clip = load_video(str(video), PYAV), load_video(str(video), PYAV, sampling)
-    text = [f"<|vision_start|>{proc.video_token}<|vision_end|>what happens?"]
+    start, end = (
+        getattr(proc, "vision_bos_token", "<|vision_start|>"),
+        getattr(proc, "vision_eos_token", "<|vision_end|>"),
+    )
+    text = [f"{start}{proc.video_token}{end}what happens?"]
     meta = {"total_num_frames": everything.num_source_frames, "fps": everything.fps}
     ref = proc(text=text, videos=[everything.frames], video_metadata=[meta], **sampling.processor_kwargs())
     presampled = sampling.processor_kwargs(presampled=True)
@@ -118,3 +122,8 @@ def test_tiny_checkpoint_processor_same_inputs(family, video):
     assert set(got) == set(ref) and "pixel_values_videos" in got
     for key in ref:  # input_ids (placeholders, Qwen3-VL timestamps), pixels, grid, second_per_grid_ts
         assert torch.equal(torch.as_tensor(got[key]), torch.as_tensor(ref[key])), key
+    if family == "qwen3_omni":  # Omni takes seconds per grid from the fps kwarg (default 1.0), not metadata
+        no_fps = proc(
+            text=text, videos=[clip.frames], video_metadata=[clip.processor_metadata()], do_sample_frames=False
+        )
+        assert got["video_second_per_grid"] == [1.0] and no_fps["video_second_per_grid"] == [2.0]

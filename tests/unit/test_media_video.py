@@ -196,3 +196,18 @@ def test_video_duration_limit(backend, videos):
         load_video(str(videos["h264"]), limited)
     assert load_video(str(videos["mpeg4"]), limited).duration == 1.0
     assert cfg.video_backend == backend
+
+
+def test_unavailable_backend_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(VIDEO_BACKENDS.get("decord"), "available", classmethod(lambda cls: False))
+    with pytest.raises(
+        ValueError, match=r"media.video_backend='decord' is not installed \(needs decord\); installed: "
+    ):
+        get_backend("decord")
+    assert "decord" not in installed_backends() and get_backend("auto").name == installed_backends()[0]
+
+
+def test_one_frame_video(tmp_path):
+    path = write_test_video(tmp_path / "one.mp4", seconds=0.1, fps=10, size=(32, 32))
+    clip = load_video(str(path), MediaConfig(video_backend="pyav"), FrameSampling(2, 4, 768))
+    assert clip.num_source_frames == 1 and clip.indices.tolist() == [0] and clip.frames.shape == (1, 32, 32, 3)

@@ -23,8 +23,8 @@ class Qwen2AudioEncoder(TowerEncoder):
     modalities = ("audio",)
 
     def __init__(self, model: Any, processor: Any, device: torch.device, dtype: torch.dtype) -> None:
-        self.tower = model.audio_tower
-        self.projector = model.multi_modal_projector
+        self.tower = model.model.audio_tower
+        self.projector = model.model.multi_modal_projector
         self.processor = processor
         self.device = device
         self.dtype = dtype
@@ -54,14 +54,13 @@ class Qwen2AudioEncoder(TowerEncoder):
 
 class Qwen2AudioLanguage(LanguageSide):
     def __init__(self, model: Any, tokenizer: Any) -> None:
-        lm = model.language_model  # Qwen2ForCausalLM
-        self.text_model = lm.model
-        self.lm_head = lm.lm_head
+        self.text_model = model.model.language_model  # Qwen2Model
+        self.lm_head = model.lm_head
         # config.json names only the pad token; the span's bos/eos ids come from the tokenizer (start-up only)
         self._span = tokenizer.convert_tokens_to_ids(["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"])
         eos = model.generation_config.eos_token_id
         self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        model.audio_tower = model.multi_modal_projector = None  # the tower lives on the encoders
+        model.model.audio_tower = model.model.multi_modal_projector = None  # the tower lives on the encoders
 
     def placeholder_span(self, modality: str) -> list[int]:
         return self._span

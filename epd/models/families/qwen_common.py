@@ -24,26 +24,18 @@ def load_hf_model(ckpt: Path, random_init: bool, device: torch.device, dtype: to
     return model.eval()
 
 
-def video_metadata(clip: Any) -> Any:
-    """transformers' ``VideoMetadata`` of the frames epd decoded (so the processor samples no further)."""
-    from transformers.video_utils import VideoMetadata
-
-    return VideoMetadata(
-        total_num_frames=clip.num_source_frames,
-        fps=clip.fps,
-        duration=clip.duration,
-        frames_indices=[int(i) for i in clip.indices],
-    )
-
-
 def processor_kwargs(inp: MediaInput) -> dict[str, Any]:
     """Keyword arguments that hand one decoded item to a Qwen processor."""
     if inp.modality == "image":
         return {"images": [inp.data]}
-    if inp.modality == "video":
-        return {"videos": [inp.data.frames], "video_metadata": [video_metadata(inp.data)], "do_sample_frames": False}
+    if inp.modality == "video":  # frames epd already sampled: the processor must not sample again
+        return {
+            "videos": [inp.data.frames],
+            "video_metadata": [inp.data.processor_metadata()],
+            **inp.sampling.processor_kwargs(presampled=True),
+        }
     if inp.modality == "audio":
-        return {"audio": [inp.data.samples]}
+        return {"audio": [inp.data.samples], "sampling_rate": inp.data.sampling_rate}
     raise ValueError(f"unknown modality {inp.modality!r}")
 
 
@@ -62,14 +54,7 @@ def run_vision_tower(visual: torch.nn.Module, pixels: list[torch.Tensor], grids:
 
 
 def frame_sampling(video_processor: Any, media: Any) -> Any:
-    """The checkpoint's video sampling (fps, min/max frames), with ``media.video_*`` overrides."""
+    """The checkpoint's video sampling (fps, min/max frames, the processor's own rule), with ``media.video_*`` overrides."""
     from epd.media import FrameSampling
 
-    def pick(override: Any, name: str, default: Any) -> Any:
-        return override if override is not None else getattr(video_processor, name, None) or default
-
-    return FrameSampling(
-        fps=float(pick(media.video_fps, "fps", 2.0)),
-        min_frames=int(pick(media.video_min_frames, "min_frames", 4)),
-        max_frames=int(pick(media.video_max_frames, "max_frames", 768)),
-    )
+    return FrameSampling.for_processor(video_processor, media)

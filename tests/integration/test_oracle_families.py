@@ -1,0 +1,103 @@
+"""The oracle for every family and modality: epd's greedy tokens equal transformers' ``generate``
+(float32, CPU) on colocated, 1e1p and 2e1p, for requests with one or several items of each
+modality the family takes, mixed modalities and text between them."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from epd.media.synth import write_test_audio, write_test_video
+from tests.conftest import read_results, run_epd
+from tests.integration.oracle_utils import reference_tokens, write_requests
+
+MAX_TOKENS = 8
+TOPOLOGIES = [("colocated", "nccl"), ("1e1p", "shm"), ("2e1p", "zmq")]
+
+
+def _text(t: str) -> dict:
+    return {"type": "text", "text": t}
+
+
+def _url(kind: str, url: str) -> dict:
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": url}}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fam-media")
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(d / "i.png")
+    write_test_video(d / "v1.mp4", 2.0, 8, (160, 120), seed=1)
+    write_test_video(d / "v2.mp4", 1.0, 10, (128, 96), seed=2)
+    write_test_audio(d / "a1.wav", 1.5, 16000, seed=1)
+    write_test_audio(d / "a2.flac", 0.8, 22050, fmt="flac", seed=2)
+    return d
+
+
+def vision_requests(d) -> dict[str, list[dict]]:
+    return {
+        "image": [_url("image", str(d / "i.png")), _text("What is shown?")],
+        "video": [_text("Watch"), _url("video", str(d / "v1.mp4")), _text("and summarise.")],
+        "mixed": [
+            _url("video", str(d / "v2.mp4")),
+            _text("then"),
+            _url("image", str(d / "i.png")),
+            _url("video", str(d / "v1.mp4")),
+            _text("compare them."),
+        ],
+        "text": [_text("No media here, only words.")],
+    }
+
+
+def audio_requests(d) -> dict[str, list[dict]]:
+    b64 = base64.b64encode((d / "a1.wav").read_bytes()).decode()
+    return {
+        "audio": [_url("audio", str(d / "a1.wav")), _text("What sound is this?")],
+        "two-audios": [
+            _text("First"),
+            _url("audio", str(d / "a2.flac")),
+            {"type": "input_audio", "input_audio": {"data": b64, "format": "wav"}},
+            _text("differ?"),
+        ],
+        "text": [_text("No media here, only words.")],
+    }
+
+
+FAMILIES = {
+    "qwen2_5_vl": vision_requests,
+    "qwen3_vl": vision_requests,
+    "qwen3_vl_moe": vision_requests,
+    "qwen2_audio": audio_requests,
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_case(request, media, tmp_path_factory):
+    from epd.tiny import write_tiny
+
+    family = request.param
+    ckpt = write_tiny(family, tmp_path_factory.mktemp(family) / "ckpt")
+    path = write_requests(tmp_path_factory.mktemp(f"{family}-req") / "r.jsonl", FAMILIES[family](media), MAX_TOKENS)
+    return family, ckpt, path, reference_tokens(ckpt, path)
+
+
+@pytest.mark.parametrize(("topology", "transfer"), TOPOLOGIES, ids=[t for t, _ in TOPOLOGIES])
+def test_family_equals_transformers(tmp_path, family_case, topology, transfer):
+    family, ckpt, path, reference = family_case
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        f"+topology={topology}",
+        f"transfer={transfer}",
+        f"model.path={ckpt}",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    assert set(got) == set(reference)
+    for rid, ref in reference.items():
+        assert got[rid]["error"] is None, f"{family}/{rid}: {got[rid]['error']}"
+        assert got[rid]["output_token_ids"] == ref, f"{family}/{rid} on {topology}/{transfer}"
