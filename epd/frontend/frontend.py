@@ -102,8 +102,7 @@ class Frontend:
         tracked = Tracked(req=req, record=record)
         try:
             prompt_ids, media = self.tokenize(req)
-            self._check_served(media)
-        except ValueError as exc:
+        except Exception as exc:  # a template or tokenizer failure fails this request, not the run
             record.error = f"bad request: {exc}"
             self.records.append(record)
             return
@@ -144,6 +143,7 @@ class Frontend:
     def tokenize(self, req: WorkloadRequest) -> tuple[list[int], list]:
         """Chat template + tokenizer; one placeholder token per media item (the language side expands it)."""
         messages, media = to_template_messages(req.messages)
+        self._check_served(media)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"], media
 

@@ -159,3 +159,94 @@ def test_ctrl_c_stops_everything(tmp_path, tiny_qwen25vl):
         assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
     finally:
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+
+
+def test_bad_video_and_audio_fail_only_their_request(tmp_path, tiny_qwen25vl):
+    from epd.media.synth import write_test_audio, write_test_video
+
+    good = tmp_path / "good.mp4"
+    write_test_video(good, 1.0, 8, (96, 64))
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
+    audio_only = tmp_path / "audio-only.m4a"
+    write_test_audio(audio_only, 1.0, 16000, fmt="m4a")
+    bodies = {
+        "ok-video": [_vpart(str(good))],
+        "truncated-video": [_vpart(str(truncated))],
+        "no-video-stream": [_vpart(str(audio_only))],
+        "unreachable": [_part("http://127.0.0.1:9/nothing.png")],
+        "audio-to-vision-model": [{"type": "audio_url", "audio_url": {"url": str(audio_only)}}],
+    }
+    lines = [
+        {
+            "id": rid,
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}],
+        }
+        for rid, parts in bodies.items()
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        "+topology=1e1p",
+        "transfer=shm",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    assert got["ok-video"]["error"] is None and got["ok-video"]["output_token_ids"]
+    assert "truncated.mp4" in got["truncated-video"]["error"]
+    assert "no video stream" in got["no-video-stream"]["error"]
+    assert "127.0.0.1:9" in got["unreachable"]["error"]
+    assert "audio input is not supported by this model" in got["audio-to-vision-model"]["error"]
+
+
+def _vpart(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+def test_modality_groups_route_and_unserved_modalities_are_refused(tmp_path, tiny_qwen25vl):
+    from epd.media.synth import write_test_video
+
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
+    video = tmp_path / "v.mp4"
+    write_test_video(video, 1.0, 8, (96, 64))
+    lines = [
+        {"id": f"r{i}", "max_tokens": 3, "messages": [{"role": "user", "content": parts}]}
+        for i, parts in enumerate([[_part(str(image)), _vpart(str(video))], [_vpart(str(video))], [_part(str(image))]])
+    ]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    run_dir = tmp_path / "by-modality"
+    run_epd(
+        run_dir,
+        "+topology=2e1p_by_modality",
+        "scheduler=modality",
+        "transfer=zmq",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    for rec in read_results(run_dir)["requests"]:
+        assert rec["error"] is None
+        for item in rec["items"]:
+            assert item["encoder"] == (0 if item["modality"] == "image" else 1)
+
+    run_dir = tmp_path / "image-only"
+    run_epd(
+        run_dir,
+        "+topology=1e1p",
+        "+topology.instances.0.modalities=[image]",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    assert got["r2"]["error"] is None
+    for rid in ("r0", "r1"):
+        assert "no encoder of topology '1e1p' takes video" in got[rid]["error"]
