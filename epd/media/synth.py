@@ -39,7 +39,8 @@ def audio_samples(seconds: float, sampling_rate: int, seed: int = 0, channels: i
     t = np.arange(round(seconds * sampling_rate)) / sampling_rate
     span = max(seconds, 1e-6)
     chirp = np.sin(2 * np.pi * (200 * t + (2000 - 200) * t**2 / (2 * span)))  # 200 Hz -> 2 kHz
-    tone = np.sin(2 * np.pi * (300 + 50 * (seed % 8)) * t)
+    freq = 300 + 1200 * np.random.default_rng([seed, 7]).random()  # a distinct tone per seed, 300-1500 Hz
+    tone = np.sin(2 * np.pi * freq * t)
     out = [0.4 * chirp + 0.2 * tone * (1 - 0.5 * c) for c in range(channels)]  # channels differ
     return np.stack(out).astype(np.float32)
 

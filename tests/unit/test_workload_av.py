@@ -108,11 +108,6 @@ def test_every_video_of_a_run_is_distinct(tmp_path):
     assert len(set(file_bytes(requests, "video_url"))) == 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="epd.media.synth.audio_samples varies only with seed % 8, so a run has at most 8 distinct clips; "
-    "remove this mark once synth seeds the whole signal",
-)
 def test_every_audio_clip_of_a_run_is_distinct(tmp_path):
     requests = build_workload(audio_cfg(num_requests=6, audio_count=2, audio_seconds=0.25), tmp_path)
     assert len(set(file_bytes(requests, "audio_url"))) == 12
