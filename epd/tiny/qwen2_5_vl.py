@@ -21,6 +21,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
+from epd.tiny.files import greedy_generation_config, save_processor
 from epd.tiny.tokenizer import special_token_ids, train_bpe
 from epd.tiny.weights import init_weights_, save_model
 
@@ -196,17 +197,6 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None) -> Qwen2_5
     )
 
 
-def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
-    """Greedy by default; stops on ``<|im_end|>`` or ``<|endoftext|>`` like real Qwen."""
-    ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
-    return GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
-
-
 def write(out_dir: Path, seed: int) -> None:
     """Write a complete tiny Qwen2.5-VL checkpoint into ``out_dir`` (which must exist)."""
     tokenizer = build_tokenizer()
@@ -214,9 +204,7 @@ def write(out_dir: Path, seed: int) -> None:
     # processor_config.json (image + video processor nested, transformers 5 layout), tokenizer
     # files and chat_template.jinja; then the stand-alone preprocessor_config.json and
     # video_preprocessor_config.json that real checkpoints ship and older loaders read.
-    processor.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)
-    processor.video_processor.save_pretrained(out_dir)
+    save_processor(processor, out_dir)
     with torch.device("cpu"):
         model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer))
     init_weights_(model, seed)
@@ -231,10 +219,13 @@ def write_shape(out_dir: Path, shape: str) -> None:
         raise ValueError(f"unknown Qwen2.5-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer, real_budgets=True)
-    processor.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)
-    processor.video_processor.save_pretrained(out_dir)
+    save_processor(processor, out_dir)
     config = build_config(tokenizer, shape)
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     config.save_pretrained(out_dir)
     build_generation_config(tokenizer).save_pretrained(out_dir)
+
+
+def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Greedy by default, stopping on the released model's EOS tokens."""
+    return greedy_generation_config(tokenizer, SPECIAL_TOKENS, ("<|im_end|>", "<|endoftext|>"))

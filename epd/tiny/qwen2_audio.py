@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
+from epd.tiny.files import greedy_generation_config, save_processor
 from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
 from epd.tiny.weights import init_weights_, save_model
 
@@ -148,28 +149,10 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None) -> Qwen2Au
     )
 
 
-def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
-    """Greedy by default; stops on ``<|endoftext|>`` or ``<|im_end|>`` like Qwen2-Audio-7B-Instruct."""
-    ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
-    return GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
-
-
-def _save_processor(processor: Qwen2AudioProcessor, out_dir: Path) -> None:
-    # processor_config.json, tokenizer files, chat_template.jinja, and the stand-alone
-    # preprocessor_config.json (feature extractor) that real repos ship.
-    processor.save_pretrained(out_dir)
-    processor.feature_extractor.save_pretrained(out_dir)
-
-
 def write(out_dir: Path, seed: int) -> None:
     """Write a complete tiny Qwen2-Audio checkpoint into ``out_dir`` (which must exist)."""
     tokenizer = build_tokenizer()
-    _save_processor(build_processor(tokenizer), out_dir)
+    save_processor(build_processor(tokenizer), out_dir)
     with torch.device("cpu"):
         model = Qwen2AudioForConditionalGeneration(build_config(tokenizer))
     init_weights_(model, seed)
@@ -183,8 +166,13 @@ def write_shape(out_dir: Path, shape: str) -> None:
     if shape not in REAL_SHAPES:
         raise ValueError(f"unknown Qwen2-Audio shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
     tokenizer = build_tokenizer()
-    _save_processor(build_processor(tokenizer, real_budgets=True), out_dir)
+    save_processor(build_processor(tokenizer, real_budgets=True), out_dir)
     config = build_config(tokenizer, shape)
     config.architectures = ["Qwen2AudioForConditionalGeneration"]
     config.save_pretrained(out_dir)
     build_generation_config(tokenizer).save_pretrained(out_dir)
+
+
+def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Greedy by default, stopping on the released model's EOS tokens."""
+    return greedy_generation_config(tokenizer, SPECIAL_TOKENS, ("<|endoftext|>", "<|im_end|>"))

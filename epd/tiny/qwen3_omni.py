@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
+from epd.tiny.files import greedy_generation_config
 from epd.tiny.qwen2_5_vl import SPECIAL_TOKENS as QWEN_VL_SPECIAL_TOKENS
 from epd.tiny.qwen3_vl import IMAGE_MAX_PIXELS, IMAGE_MEAN, IMAGE_MIN_PIXELS, IMAGE_STD, TINY_MOE
 from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
@@ -209,17 +210,6 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeConfig:
     )
 
 
-def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
-    """Greedy by default; stops on ``<|im_end|>`` or ``<|endoftext|>``."""
-    ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
-    return GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
-
-
 def write(out_dir: Path, seed: int) -> None:
     """Write a complete tiny Qwen3-Omni checkpoint into ``out_dir`` (which must exist)."""
     tokenizer = build_tokenizer()
@@ -240,3 +230,8 @@ def write(out_dir: Path, seed: int) -> None:
 def write_shape(out_dir: Path, shape: str) -> None:
     """No released Qwen3-Omni shape is registered; always raises ``ValueError``."""
     raise ValueError(f"unknown Qwen3-Omni shape {shape!r}; no released shapes are registered")
+
+
+def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Greedy by default, stopping on the released model's EOS tokens."""
+    return greedy_generation_config(tokenizer, SPECIAL_TOKENS, ("<|im_end|>", "<|endoftext|>"))

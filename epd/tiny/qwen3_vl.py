@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
+from epd.tiny.files import greedy_generation_config, save_processor
 from epd.tiny.qwen2_5_vl import SPECIAL_TOKENS
 from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
 from epd.tiny.weights import init_weights_, save_model
@@ -201,29 +202,10 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None, moe: bool 
     )
 
 
-def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
-    """Greedy by default; stops on ``<|im_end|>`` or ``<|endoftext|>`` like the released models."""
-    ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
-    return GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
-
-
-def _save_processor(processor: Qwen3VLProcessor, out_dir: Path) -> None:
-    # processor_config.json (nested, transformers 5 layout), tokenizer files, chat_template.jinja,
-    # plus the stand-alone preprocessor_config.json / video_preprocessor_config.json of real repos.
-    processor.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)
-    processor.video_processor.save_pretrained(out_dir)
-
-
 def write_family(out_dir: Path, seed: int, moe: bool) -> None:
     """Write a complete tiny Qwen3-VL (or Qwen3-VL-MoE) checkpoint into existing ``out_dir``."""
     tokenizer = build_tokenizer()
-    _save_processor(build_processor(tokenizer), out_dir)
+    save_processor(build_processor(tokenizer), out_dir)
     model_class = Qwen3VLMoeForConditionalGeneration if moe else Qwen3VLForConditionalGeneration
     with torch.device("cpu"):
         model = model_class(build_config(tokenizer, moe=moe))
@@ -243,8 +225,13 @@ def write_shape(out_dir: Path, shape: str) -> None:
     if shape not in REAL_SHAPES:
         raise ValueError(f"unknown Qwen3-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
     tokenizer = build_tokenizer()
-    _save_processor(build_processor(tokenizer, real_budgets=True), out_dir)
+    save_processor(build_processor(tokenizer, real_budgets=True), out_dir)
     config = build_config(tokenizer, shape)
     config.architectures = ["Qwen3VLForConditionalGeneration"]
     config.save_pretrained(out_dir)
     build_generation_config(tokenizer).save_pretrained(out_dir)
+
+
+def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Greedy by default, stopping on the released model's EOS tokens."""
+    return greedy_generation_config(tokenizer, SPECIAL_TOKENS, ("<|im_end|>", "<|endoftext|>"))
