@@ -32,3 +32,13 @@ def run_epd(run_dir: Path, *overrides: str, timeout: int = 240, check: bool = Tr
 
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def write_requests(path: Path, bodies: dict[str, list[dict]], max_tokens: int) -> Path:
+    """A file workload: one single-turn request per ``bodies`` entry (id → content parts)."""
+    lines = [
+        json.dumps({"id": rid, "max_tokens": max_tokens, "messages": [{"role": "user", "content": parts}]})
+        for rid, parts in bodies.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -28,6 +28,7 @@ class LanguageEngine:
         self.waiting: dict[str, Sequence] = {}  # waiting for embeddings or for admission, FIFO
         self.running: list[Sequence] = []
         self._early_items: dict[str, list[tuple]] = {}  # items that beat their NewRequest here
+        self._failed: set[str] = set()  # requests failed by one item: their other items are dropped on arrival
 
     @property
     def has_work(self) -> bool:
@@ -62,6 +63,8 @@ class LanguageEngine:
     ) -> None:
         """An encoder's result for one item; an error fails the whole request."""
         seq = self.waiting.get(request_id)
+        if seq is None and request_id in self._failed:
+            return
         if seq is None:
             self._early_items.setdefault(request_id, []).append((request_id, index, meta, tensors, error, timestamps))
             return
@@ -92,6 +95,7 @@ class LanguageEngine:
         failed = [seq for seq in self.waiting.values() if seq.error is not None]
         for seq in failed:
             del self.waiting[seq.id]
+            self._failed.add(seq.id)
         return [
             RequestOutput(
                 request_id=seq.id, finished=True, finish_reason="error", error=seq.error, timestamps=seq.timestamps

@@ -32,3 +32,11 @@ def greedy_generation_config(tokenizer: Any, special_tokens: tuple[str, ...], eo
         pad_token_id=ids["<|endoftext|>"],
         do_sample=False,
     )
+
+
+def save_shape(out_dir: Path, processor: Any, config: Any, generation_config: GenerationConfig, arch: str) -> None:
+    """A weightless checkpoint: processor files, config.json naming ``arch``, generation_config.json."""
+    save_processor(processor, out_dir)
+    config.architectures = [arch]
+    config.save_pretrained(out_dir)
+    generation_config.save_pretrained(out_dir)

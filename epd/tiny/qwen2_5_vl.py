@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
-from epd.tiny.files import greedy_generation_config, save_processor
+from epd.tiny.files import greedy_generation_config, save_processor, save_shape
 from epd.tiny.tokenizer import special_token_ids, train_bpe
 from epd.tiny.weights import init_weights_, save_model
 
@@ -219,11 +219,13 @@ def write_shape(out_dir: Path, shape: str) -> None:
         raise ValueError(f"unknown Qwen2.5-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer, real_budgets=True)
-    save_processor(processor, out_dir)
-    config = build_config(tokenizer, shape)
-    config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
-    config.save_pretrained(out_dir)
-    build_generation_config(tokenizer).save_pretrained(out_dir)
+    save_shape(
+        out_dir,
+        processor,
+        build_config(tokenizer, shape),
+        build_generation_config(tokenizer),
+        "Qwen2_5_VLForConditionalGeneration",
+    )
 
 
 def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:

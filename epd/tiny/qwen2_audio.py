@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
-from epd.tiny.files import greedy_generation_config, save_processor
+from epd.tiny.files import greedy_generation_config, save_processor, save_shape
 from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
 from epd.tiny.weights import init_weights_, save_model
 
@@ -166,11 +166,14 @@ def write_shape(out_dir: Path, shape: str) -> None:
     if shape not in REAL_SHAPES:
         raise ValueError(f"unknown Qwen2-Audio shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
     tokenizer = build_tokenizer()
-    save_processor(build_processor(tokenizer, real_budgets=True), out_dir)
-    config = build_config(tokenizer, shape)
-    config.architectures = ["Qwen2AudioForConditionalGeneration"]
-    config.save_pretrained(out_dir)
-    build_generation_config(tokenizer).save_pretrained(out_dir)
+    processor = build_processor(tokenizer, real_budgets=True)
+    save_shape(
+        out_dir,
+        processor,
+        build_config(tokenizer, shape),
+        build_generation_config(tokenizer),
+        "Qwen2AudioForConditionalGeneration",
+    )
 
 
 def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:

@@ -54,12 +54,3 @@ def reference_tokens(ckpt: Path, requests_file: Path) -> dict[str, list[int]]:
             ids = model.generate(**inputs, do_sample=False, max_new_tokens=body["max_tokens"])
         out[body["id"]] = ids[0, inputs["input_ids"].shape[1] :].tolist()
     return out
-
-
-def write_requests(path: Path, bodies: dict[str, list[dict]], max_tokens: int) -> Path:
-    lines = [
-        json.dumps({"id": rid, "max_tokens": max_tokens, "messages": [{"role": "user", "content": parts}]})
-        for rid, parts in bodies.items()
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path

@@ -73,3 +73,16 @@ def test_token_budget_staggers_prefills_without_changing_tokens(roles):
     narrow, widest = _serve(side, encoder, reqs, EngineConfig(max_batch_tokens=40, max_num_seqs=2))
     assert widest <= 2
     assert narrow == wide
+
+
+def test_items_of_a_failed_request_are_dropped(roles):
+    side, encoder = roles
+    req, images = _requests(side)[2]  # two images
+    engine = LanguageEngine(side, EngineConfig(), torch.device("cpu"))
+    engine.add_request(req)
+    engine.add_item(req.request_id, 1, None, None, "cannot decode image x.png", {})
+    (out,) = engine.step()
+    assert out.finished and "media item 1: cannot decode image x.png" in out.error
+    item = encoder.encode([MediaInput(modality="image", data=images[0])])[0]
+    engine.add_item(req.request_id, 0, item.meta, item.tensors, None, {})  # arrives after the failure
+    assert not engine.has_work and not engine._early_items

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO, read_results, run_epd
+from tests.conftest import REPO, read_results, run_epd, write_requests
 
 
 def _part(url: str) -> dict:
@@ -40,16 +39,8 @@ def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
         "bad-base64": [_part(not_b64)],
         "ok-file-url": [_part(good.as_uri())],
     }
-    lines = [
-        {
-            "id": rid,
-            "max_tokens": 5,
-            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}],
-        }
-        for rid, parts in bodies.items()
-    ]
-    path = tmp_path / "requests.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    hi = {"type": "text", "text": "hi"}
+    path = write_requests(tmp_path / "requests.jsonl", {rid: [*parts, hi] for rid, parts in bodies.items()}, 5)
 
     run_dir = tmp_path / "run"
     run_epd(
@@ -177,16 +168,8 @@ def test_bad_video_and_audio_fail_only_their_request(tmp_path, tiny_qwen25vl):
         "unreachable": [_part("http://127.0.0.1:9/nothing.png")],
         "audio-to-vision-model": [{"type": "audio_url", "audio_url": {"url": str(audio_only)}}],
     }
-    lines = [
-        {
-            "id": rid,
-            "max_tokens": 4,
-            "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "hi"}]}],
-        }
-        for rid, parts in bodies.items()
-    ]
-    path = tmp_path / "requests.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    hi = {"type": "text", "text": "hi"}
+    path = write_requests(tmp_path / "requests.jsonl", {rid: [*parts, hi] for rid, parts in bodies.items()}, 4)
     run_dir = tmp_path / "run"
     run_epd(
         run_dir,
@@ -215,12 +198,8 @@ def test_modality_groups_route_and_unserved_modalities_are_refused(tmp_path, tin
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
     video = tmp_path / "v.mp4"
     write_test_video(video, 1.0, 8, (96, 64))
-    lines = [
-        {"id": f"r{i}", "max_tokens": 3, "messages": [{"role": "user", "content": parts}]}
-        for i, parts in enumerate([[_part(str(image)), _vpart(str(video))], [_vpart(str(video))], [_part(str(image))]])
-    ]
-    path = tmp_path / "requests.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    bodies = {"r0": [_part(str(image)), _vpart(str(video))], "r1": [_vpart(str(video))], "r2": [_part(str(image))]}
+    path = write_requests(tmp_path / "requests.jsonl", bodies, 3)
 
     run_dir = tmp_path / "by-modality"
     run_epd(

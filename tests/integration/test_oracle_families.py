@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from epd.media.synth import write_test_audio, write_test_video
-from tests.conftest import read_results, run_epd
-from tests.integration.oracle_utils import reference_tokens, write_requests
+from tests.conftest import read_results, run_epd, write_requests
+from tests.integration.oracle_utils import reference_tokens
 
 MAX_TOKENS = 8
 TOPOLOGIES = [("colocated", "nccl"), ("1e1p", "shm"), ("2e1p", "zmq")]

@@ -103,12 +103,15 @@ class Qwen25Language(LanguageSide):
             return torch.arange(ids.numel()).expand(3, -1), 0
         images = [it.info["grid_thw"] for it in items if it.modality == "image"]
         videos = [it for it in items if it.modality == "video"]
+        timing = {}  # Qwen2.5-VL spaces video time by seconds per grid; Qwen3-VL writes timestamps instead
+        if videos and "second_per_grid" in videos[0].info:
+            timing["second_per_grid_ts"] = torch.tensor([v.info["second_per_grid"] for v in videos])
         pos, delta = self._inner.get_rope_index(
             ids[None],
             mm_token_type_ids=types[None],
             image_grid_thw=torch.tensor(images) if images else None,
             video_grid_thw=torch.tensor([v.info["grid_thw"] for v in videos]) if videos else None,
-            second_per_grid_ts=torch.tensor([v.info["second_per_grid"] for v in videos]) if videos else None,
+            **timing,
         )
         return pos[:, 0], int(delta.item())
 
