@@ -22,7 +22,7 @@ from transformers import (
 
 from epd.tiny.chat_template import chatml_template
 from epd.tiny.files import greedy_generation_config, save_processor, save_shape
-from epd.tiny.tokenizer import special_token_ids, train_bpe
+from epd.tiny.tokenizer import qwen_tokenizer, special_token_ids
 from epd.tiny.weights import init_weights_, save_model
 
 # Same tokens, same order as the real checkpoints (ids 151643.. there, 634.. here).
@@ -65,16 +65,7 @@ VOCAB_MULTIPLE = 128
 
 def build_tokenizer() -> Qwen2Tokenizer:
     """The tiny Qwen2 tokenizer: trained BPE + the Qwen2.5-VL special tokens and chat template."""
-    backend = train_bpe(SPECIAL_TOKENS)
-    return Qwen2Tokenizer(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        model_max_length=32768,
-        chat_template=chatml_template(PLACEHOLDERS),
-    )
+    return qwen_tokenizer(SPECIAL_TOKENS, chatml_template(PLACEHOLDERS), 32768)
 
 
 def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qwen2_5_VLProcessor:

@@ -25,7 +25,7 @@ from transformers import (
 
 from epd.tiny.chat_template import chatml_template
 from epd.tiny.files import greedy_generation_config, save_processor, save_shape
-from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
+from epd.tiny.tokenizer import padded_vocab_size, qwen_tokenizer, special_token_ids
 from epd.tiny.weights import init_weights_, save_model
 
 # Same tokens, same order as Qwen2-Audio-7B-Instruct (ids 151643.. there, 634.. here).
@@ -75,15 +75,7 @@ REAL_SHAPES = {
 
 def build_tokenizer() -> Qwen2Tokenizer:
     """The tiny Qwen2 tokenizer with the Qwen2-Audio special tokens and chat template."""
-    return Qwen2Tokenizer(
-        tokenizer_object=train_bpe(SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        model_max_length=8192,
-        chat_template=chatml_template(PLACEHOLDERS, numbered_audio=True),
-    )
+    return qwen_tokenizer(SPECIAL_TOKENS, chatml_template(PLACEHOLDERS, numbered_audio=True), 8192)
 
 
 def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qwen2AudioProcessor:

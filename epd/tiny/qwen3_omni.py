@@ -41,7 +41,7 @@ from epd.tiny.chat_template import chatml_template
 from epd.tiny.files import greedy_generation_config
 from epd.tiny.qwen2_5_vl import SPECIAL_TOKENS as QWEN_VL_SPECIAL_TOKENS
 from epd.tiny.qwen3_vl import IMAGE_MAX_PIXELS, IMAGE_MEAN, IMAGE_MIN_PIXELS, IMAGE_STD, TINY_MOE
-from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
+from epd.tiny.tokenizer import padded_vocab_size, qwen_tokenizer, special_token_ids
 from epd.tiny.weights import init_weights_, save_model
 
 # The Qwen-VL tokens, then Qwen3-Omni's audio / TTS tokens in their released order (the released
@@ -91,15 +91,8 @@ VIDEO_SIZE = {"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXEL
 
 def build_tokenizer() -> Qwen2Tokenizer:
     """The tiny Qwen2 tokenizer with the Qwen3-Omni special tokens, named tokens and chat template."""
-    return Qwen2Tokenizer(
-        tokenizer_object=train_bpe(SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        model_max_length=65536,
-        extra_special_tokens=NAMED_TOKENS,
-        chat_template=chatml_template(PLACEHOLDERS, default_system=None),
+    return qwen_tokenizer(
+        SPECIAL_TOKENS, chatml_template(PLACEHOLDERS, default_system=None), 65536, extra_special_tokens=NAMED_TOKENS
     )
 
 

@@ -35,7 +35,7 @@ from transformers import (
 from epd.tiny.chat_template import chatml_template
 from epd.tiny.files import greedy_generation_config, save_processor, save_shape
 from epd.tiny.qwen2_5_vl import SPECIAL_TOKENS
-from epd.tiny.tokenizer import padded_vocab_size, special_token_ids, train_bpe
+from epd.tiny.tokenizer import padded_vocab_size, qwen_tokenizer, special_token_ids
 from epd.tiny.weights import init_weights_, save_model
 
 # Qwen3 chat format: no default system message.
@@ -106,15 +106,7 @@ TINY_MOE = {
 
 def build_tokenizer() -> Qwen2Tokenizer:
     """The tiny Qwen2 tokenizer with the Qwen-VL special tokens and the Qwen3-VL chat template."""
-    return Qwen2Tokenizer(
-        tokenizer_object=train_bpe(SPECIAL_TOKENS),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        model_max_length=262144,
-        chat_template=chatml_template(PLACEHOLDERS, default_system=None),
-    )
+    return qwen_tokenizer(SPECIAL_TOKENS, chatml_template(PLACEHOLDERS, default_system=None), 262144)
 
 
 def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qwen3VLProcessor:

@@ -9,6 +9,7 @@ learned vocabulary, in the order given, as in the real Qwen checkpoints.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
@@ -84,3 +85,20 @@ def padded_vocab_size(num_tokens: int, multiple: int = 128) -> int:
     above it, so (as in real Qwen checkpoints, e.g. 152064 > 151665) some ids have no token and a
     random model may emit them."""
     return (num_tokens // multiple + 1) * multiple
+
+
+def qwen_tokenizer(special_tokens: tuple[str, ...], chat_template: str, model_max_length: int, **extra: Any) -> Any:
+    """The tiny BPE trained with ``special_tokens``, wrapped as the Qwen2 tokenizer every Qwen family
+    uses: eos ``<|im_end|>``, pad ``<|endoftext|>``, no bos/unk."""
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer(
+        tokenizer_object=train_bpe(special_tokens),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        model_max_length=model_max_length,
+        chat_template=chat_template,
+        **extra,
+    )
