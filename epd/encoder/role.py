@@ -6,7 +6,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video
+from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video, load_video_audio
 from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.protocol import EncodeItem
 
@@ -76,6 +76,9 @@ class EncoderRole:
             return MediaInput(modality="image", data=load_image(msg.source, cfg=self.media))
         if msg.modality == "video":
             sampling = self.encoder.frame_sampling(self.media)
+            if self.media.use_audio_in_video and self.encoder.audio_in_video:
+                clip, audio = load_video_audio(msg.source, self.media, sampling, self.encoder.audio_sampling_rate)
+                return MediaInput(modality="video", data=clip, sampling=sampling, audio=audio)
             return MediaInput(modality="video", data=load_video(msg.source, self.media, sampling), sampling=sampling)
         return MediaInput(modality="audio", data=load_audio(msg.source, self.media, self.encoder.audio_sampling_rate))
 

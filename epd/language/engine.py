@@ -14,7 +14,7 @@ import torch
 from epd.language.config import EngineConfig
 from epd.language.decoder import KVCache, TextDecoder
 from epd.language.sequence import Sequence
-from epd.models import IMAGE, VIDEO, ItemMeta, LanguageSide
+from epd.models import AUDIO, IMAGE, VIDEO, ItemMeta, LanguageSide
 from epd.protocol import NewRequest, RequestOutput
 from epd_kernels import merge_embeddings
 
@@ -127,14 +127,21 @@ class LanguageEngine:
         ids, types = self.side.expand(seq.request.prompt_token_ids, metas)
         positions, seq.rope_delta = self.side.positions(ids, types, metas)
         table = self.decoder.embed_table
-        mm_rows = torch.nonzero(types, as_tuple=True)[0].to(self.device)
-        mm = [t["embeds"].to(self.device) for _, t in items]
+        # visual rows take the visual items' embeds and audio rows the audio ones, each in prompt order
+        # (a video with its audio track contributes to both)
+        visual_rows = torch.nonzero((types == IMAGE) | (types == VIDEO), as_tuple=True)[0]
+        audio_rows = torch.nonzero(types == AUDIO, as_tuple=True)[0]
+        visual = [t["embeds"] for m, t in items if m.modality != "audio"]
+        audio = [
+            t["embeds"] if m.modality == "audio" else t["audio_embeds"] for m, t in items if AUDIO in m.token_types
+        ]
+        mm = [e.to(self.device) for e in visual + audio]
+        mm_rows = torch.cat([visual_rows, audio_rows]).to(self.device)
         mm_embeds = torch.cat(mm) if mm else table.new_empty(0, table.shape[1])
         seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
         deep = [t["deepstack"].to(self.device) for _, t in items if "deepstack" in t]
         if deep:  # DeepStack features sit on the visual rows (image and video), in prompt order
-            visual_rows = torch.nonzero((types == IMAGE) | (types == VIDEO), as_tuple=True)[0].to(self.device)
-            seq.deepstack = (visual_rows, torch.cat(deep, dim=1))
+            seq.deepstack = (visual_rows.to(self.device), torch.cat(deep, dim=1))
         seq.prompt_positions = positions.to(self.device)
         seq.prompt_len = ids.numel()
         seq.items.clear()  # the embeddings now live in prompt_embeds
@@ -144,7 +151,7 @@ class LanguageEngine:
         deep_rows, deep_feats, offset = [], [], 0
         for seq in prefills:
             embeds.append(seq.prompt_embeds)
-            positions.append(seq.prompt_positions)
+            positions.append(seq.prompt_positions.float())
             seq_lens.append(seq.prompt_len)
             if seq.deepstack is not None:
                 deep_rows.append(seq.deepstack[0] + offset)
@@ -156,7 +163,7 @@ class LanguageEngine:
             embeds.append(self.decoder.embed_table[last])
             # decode position = prompt length + tokens generated so far - 1 + rope delta, on all axes
             pos = [seq.prompt_len + len(seq.output_ids) - 1 + seq.rope_delta for seq in self.running]
-            positions.append(torch.tensor(pos, device=self.device).expand(3, -1))
+            positions.append(torch.tensor(pos, dtype=torch.float32, device=self.device).expand(3, -1))
             seq_lens.extend([1] * len(self.running))
         deepstack = (torch.cat(deep_rows), _cat_layers(deep_feats)) if deep_rows else None
         return torch.cat(embeds), torch.cat(positions, dim=1), seq_lens, deepstack

@@ -25,7 +25,7 @@ class Sequence:
     prompt_positions: torch.Tensor | None = None  # [3, L], until prefill
     deepstack: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt rows [M], features [k, M, H], until prefill
     prompt_len: int = 0
-    rope_delta: int = 0
+    rope_delta: float = 0  # Qwen3-Omni's positions are fractional
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
 

@@ -33,6 +33,8 @@ class MediaConfig:
     """Fewest frames kept per video; None: the checkpoint's video processor config."""
     video_max_frames: int | None = None
     """Most frames kept per video; None: the checkpoint's video processor config."""
+    use_audio_in_video: bool = False
+    """Send a video's audio track with it, interleaved by time (families that take it: Qwen3-Omni)."""
     allow_http: bool = True
     """Whether http:// and https:// sources may be fetched."""
 

@@ -32,6 +32,8 @@ class MediaInput:
     """PIL image, ``epd.media.VideoClip`` or ``epd.media.AudioClip``."""
     sampling: Any = None
     """Video: the ``epd.media.FrameSampling`` that chose the frames (the processor needs its fps)."""
+    audio: Any = None
+    """Video with ``media.use_audio_in_video``: its audio track (``epd.media.AudioClip``)."""
 
 
 @dataclass(kw_only=True)
@@ -57,7 +59,8 @@ class EncodedItem:
 
     meta: ItemMeta
     tensors: dict[str, torch.Tensor]
-    """``embeds`` [num_embeds, H] (span rows in order); DeepStack families add ``deepstack`` [k, n, H]."""
+    """``embeds`` [n, H] for the span rows of the item's own modality, in order; DeepStack families add
+    ``deepstack`` [k, n_visual, H]; a video with its audio track adds ``audio_embeds`` for its audio rows."""
 
 
 class TowerEncoder(ABC):
@@ -66,6 +69,8 @@ class TowerEncoder(ABC):
     modalities: tuple[str, ...]
     audio_sampling_rate: int = 16000
     """Rate the family's feature extractor wants audio at."""
+    audio_in_video: bool = False
+    """Whether the family can take a video's audio track with it (``media.use_audio_in_video``)."""
 
     def frame_sampling(self, media: Any) -> Any:
         """Which video frames to decode (``epd.media.FrameSampling``); families with video override."""
@@ -88,8 +93,11 @@ class LanguageSide(ABC):
         """Token ids of one unexpanded item of ``modality`` in the frontend's prompt."""
 
     @abstractmethod
-    def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
-        """Rope positions [3, L] of the expanded prompt and the delta that continues them in decode."""
+    def positions(
+        self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]
+    ) -> tuple[torch.Tensor, int | float]:
+        """Rope positions [3, L] of the expanded prompt and the delta that continues them in decode
+        (Qwen3-Omni's are fractional)."""
 
     def expand(self, prompt_ids: list[int], items: list[ItemMeta]) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace each placeholder span (in prompt order) by its item's span; ids [L], types [L]."""

@@ -9,23 +9,31 @@ from pathlib import Path
 import torch
 
 from epd.frontend import to_template_messages
-from epd.media import MediaConfig, load_audio, load_image, load_video
+from epd.media import MediaConfig, load_audio, load_image, load_video, load_video_audio
 from epd.models.base import MediaInput
+from epd.models.families.qwen3_omni import OmniEncoder
 from epd.models.families.qwen_common import frame_sampling, load_hf_model, processor_kwargs
 
 
 def hf_model_class(ckpt: Path):
-    from transformers import AutoConfig, AutoModelForImageTextToText, Qwen2AudioForConditionalGeneration
+    import transformers
 
-    arch = AutoConfig.from_pretrained(ckpt).architectures[0]
-    return Qwen2AudioForConditionalGeneration if arch.startswith("Qwen2Audio") else AutoModelForImageTextToText
+    arch = transformers.AutoConfig.from_pretrained(ckpt).architectures[0]
+    if arch in ("Qwen2AudioForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration"):
+        return getattr(transformers, arch)
+    return transformers.AutoModelForImageTextToText
 
 
-def reference_tokens(ckpt: Path, requests_file: Path) -> dict[str, list[int]]:
+def reference_tokens(ckpt: Path, requests_file: Path, audio_in_video: bool = False) -> dict[str, list[int]]:
+    """Greedy tokens per request id. Qwen3-Omni's video processor does not sample frames, so for it
+    the reference takes the frames epd's loader sampled (and, with ``audio_in_video``, their audio)."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(ckpt)
     model = load_hf_model(ckpt, False, torch.device("cpu"), torch.float32, hf_model_class(ckpt))
+    omni = hasattr(model, "thinker")
+    generate = model.thinker.generate if omni else model.generate
+    gen_kwargs = {"use_audio_in_video": True} if audio_in_video else {}
     media_cfg = MediaConfig()
     out = {}
     for line in requests_file.read_text().splitlines():
@@ -36,6 +44,15 @@ def reference_tokens(ckpt: Path, requests_file: Path) -> dict[str, list[int]]:
         for ref in media:
             if ref.modality == "image":
                 item = {"images": [load_image(ref.source)]}
+            elif ref.modality == "video" and omni:
+                sampling = frame_sampling(processor.video_processor, media_cfg)
+                if audio_in_video:
+                    clip, audio = load_video_audio(
+                        ref.source, media_cfg, sampling, processor.feature_extractor.sampling_rate
+                    )
+                else:
+                    clip, audio = load_video(ref.source, media_cfg, sampling), None
+                item = OmniEncoder._kwargs(MediaInput(modality="video", data=clip, sampling=sampling, audio=audio))
             elif ref.modality == "video":  # every frame: transformers samples them itself here
                 clip = load_video(ref.source, media_cfg)
                 sampling = frame_sampling(processor.video_processor, media_cfg)
@@ -51,6 +68,6 @@ def reference_tokens(ckpt: Path, requests_file: Path) -> dict[str, list[int]]:
                     kwargs[key] = value
         inputs = processor(text=[text], return_tensors="pt", **kwargs)
         with torch.inference_mode():
-            ids = model.generate(**inputs, do_sample=False, max_new_tokens=body["max_tokens"])
+            ids = generate(**inputs, do_sample=False, max_new_tokens=body["max_tokens"], **gen_kwargs)
         out[body["id"]] = ids[0, inputs["input_ids"].shape[1] :].tolist()
     return out

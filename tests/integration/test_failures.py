@@ -229,3 +229,32 @@ def test_modality_groups_route_and_unserved_modalities_are_refused(tmp_path, tin
     assert got["r2"]["error"] is None
     for rid in ("r0", "r1"):
         assert "no encoder of topology '1e1p' takes video" in got[rid]["error"]
+
+
+def test_bad_audio_fails_only_its_request(tmp_path):
+    import wave
+
+    from epd.media.synth import write_test_audio
+    from epd.tiny import write_tiny
+
+    ckpt = write_tiny("qwen2_audio", tmp_path / "ckpt")
+    good = tmp_path / "good.wav"
+    write_test_audio(good, 1.0, 16000)
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:  # a valid wav header with zero samples
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    corrupt = tmp_path / "corrupt.mp3"
+    corrupt.write_bytes(b"ID3" + bytes(range(256)) * 4)
+
+    def audio(path) -> dict:
+        return {"type": "audio_url", "audio_url": {"url": str(path)}}
+
+    hi = {"type": "text", "text": "hi"}
+    bodies = {"ok": [audio(good), hi], "zero-length": [audio(empty), hi], "corrupt": [audio(corrupt), hi]}
+    path = write_requests(tmp_path / "requests.jsonl", bodies, 4)
+    run_dir = tmp_path / "run"
+    run_epd(run_dir, "+topology=1e1p", "transfer=zmq", f"model.path={ckpt}", "workload=file", f"workload.path={path}")
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    assert got["ok"]["error"] is None and got["ok"]["output_token_ids"]
+    assert "empty.wav" in got["zero-length"]["error"]
+    assert "corrupt.mp3" in got["corrupt"]["error"]

@@ -66,11 +66,28 @@ def audio_requests(d) -> dict[str, list[dict]]:
     }
 
 
+def omni_requests(d) -> dict[str, list[dict]]:
+    return {
+        "image": [_url("image", str(d / "i.png")), _text("What is shown?")],
+        "audio": [_url("audio", str(d / "a1.wav")), _text("What sound is this?")],
+        "video": [_text("Watch"), _url("video", str(d / "v1.mp4"))],
+        "all": [
+            _url("audio", str(d / "a2.flac")),
+            _text("and"),
+            _url("image", str(d / "i.png")),
+            _url("video", str(d / "v2.mp4")),
+            _text("together?"),
+        ],
+        "text": [_text("No media here, only words.")],
+    }
+
+
 FAMILIES = {
     "qwen2_5_vl": vision_requests,
     "qwen3_vl": vision_requests,
     "qwen3_vl_moe": vision_requests,
     "qwen2_audio": audio_requests,
+    "qwen3_omni": omni_requests,
 }
 
 
@@ -101,3 +118,32 @@ def test_family_equals_transformers(tmp_path, family_case, topology, transfer):
     for rid, ref in reference.items():
         assert got[rid]["error"] is None, f"{family}/{rid}: {got[rid]['error']}"
         assert got[rid]["output_token_ids"] == ref, f"{family}/{rid} on {topology}/{transfer}"
+
+
+def test_omni_video_with_its_audio_track(tmp_path, media):
+    """Qwen3-Omni with media.use_audio_in_video: one span interleaves a video's frames and its audio."""
+    from epd.media.synth import write_test_video
+    from epd.tiny import write_tiny
+
+    write_test_video(tmp_path / "va.mp4", 2.0, 8, (160, 120), with_audio=True, seed=3)
+    ckpt = write_tiny("qwen3_omni", tmp_path / "ckpt")
+    bodies = {
+        "video+audio": [_url("video", str(tmp_path / "va.mp4")), _text("What happens?")],
+        "with-image": [_url("image", str(media / "i.png")), _url("video", str(tmp_path / "va.mp4"))],
+    }
+    path = write_requests(tmp_path / "r.jsonl", bodies, MAX_TOKENS)
+    reference = reference_tokens(ckpt, path, audio_in_video=True)
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        "+topology=1e1p",
+        "transfer=shm",
+        f"model.path={ckpt}",
+        "media.use_audio_in_video=true",
+        "workload=file",
+        f"workload.path={path}",
+    )
+    got = {r["id"]: r for r in read_results(run_dir)["requests"]}
+    for rid, ref in reference.items():
+        assert got[rid]["error"] is None, got[rid]["error"]
+        assert got[rid]["output_token_ids"] == ref, rid
