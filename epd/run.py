@@ -4,6 +4,11 @@ Hydra composes ``conf/``; the result is converted once into a typed :class:`~epd
 and checked before any process starts. Under torchrun every rank lands here and serves its role;
 started as a plain process, epd spawns the topology's ranks itself (one in-process rank when the
 topology has a single instance).
+
+A sweep (``python -m epd.run -m +topology=1e1p,2e1p workload.request_rate=0.1,0.3``) runs its jobs
+one after another, each in ``<sweep dir>/<job number>/`` and each spawning its own ranks; a job
+that fails does not stop the others, and the sweep exits non-zero at the end if any failed.
+``python -m epd.report <sweep dir>`` then tabulates and plots them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from epd.config.schema import register_schemas
@@ -51,6 +57,8 @@ def main(dcfg: DictConfig) -> None:
         print(f"epd: error: {exc}", file=sys.stderr)
         code = 2
     if code:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra records the failure and runs the next job
+            raise RuntimeError(f"epd: sweep job {HydraConfig.get().job.num} failed with exit code {code}")
         sys.exit(code)
 
 

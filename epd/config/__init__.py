@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from epd.config.convert import from_dict, to_dict
+from epd.encoder.config import EncoderConfig
 from epd.language.config import EngineConfig
 from epd.launch.device import check_devices
 from epd.launch.topology import TopologyConfig
@@ -30,6 +31,7 @@ class RunConfig:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

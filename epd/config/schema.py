@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from epd.config.convert import to_dict
+from epd.encoder.config import EncoderConfig
 from epd.language.config import EngineConfig
 from epd.launch.topology import TopologyConfig
 from epd.media.config import MediaConfig
@@ -27,6 +28,7 @@ GROUPS: dict[str, type] = {
     "topology": TopologyConfig,
     "transfer": TransferConfig,
     "scheduler": SchedulerConfig,
+    "encoder": EncoderConfig,
     "engine": EngineConfig,
     "workload": WorkloadConfig,
     "logger": LoggerConfig,

@@ -1,38 +1,109 @@
-"""Encoder role: fetch and decode media, run the family's processor and towers, batch by batch."""
+"""Encoder role: cache lookup, media decode on a thread pool, cross-request batched tower calls.
+
+An item's path: ``add`` looks its content key up in the embedding cache (a hit is done at once:
+no decode, no tower) and joins an identical item already in flight instead of repeating it;
+otherwise its fetch and decode start on a decode thread. ``step`` moves decoded items to the
+ready list, hands the next batch (``BatchRule``: token budget, item cap, max wait) to
+``TowerEncoder.encode`` — which packs items per modality into one tower call — and returns every
+item finished since the last step, with its stage timestamps and batch/cache facts.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video, load_video_audio
+import torch
+
+from epd.encoder.batcher import BatchRule, Ready
+from epd.encoder.cache import EmbeddingCache, shared_copy
+from epd.encoder.config import EncoderConfig
+from epd.encoder.decode import MediaDecoder
+from epd.media import MediaConfig, MediaError
 from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.protocol import EncodeItem
+from epd.scheduler.config import SchedulerConfig
+
+MAX_IDLE_POLL_S = 0.001
+"""While decodes run, the rank's inbox wait is capped at this, so finished decodes are picked up soon."""
 
 
 @dataclass
 class EncodeResult:
-    """One item's outcome: embeddings or an error, plus the stage timestamps of its encoding."""
+    """One item's outcome: embeddings or an error, its stage timestamps, and how it was served."""
 
     msg: EncodeItem
     item: EncodedItem | None = None
     error: str | None = None
     timestamps: dict[str, float] = field(default_factory=dict)
+    cache: str = "off"
+    """``off`` (no key), ``miss``, ``device`` / ``host`` (cache tier hit) or ``inflight`` (joined an
+    identical item being encoded)."""
+    num_tokens: int = 0
+    """Tokens the tower produced for it (0 if it failed)."""
+    est_tokens: int = 0
+    """Tokens the batch budget counted it as (estimated after decode)."""
+    batch_id: int = -1
+    """Which tower call of this encoder encoded it (-1: none, a hit or a failure before the tower)."""
+    batch_size: int = 0
+    batch_tokens: int = 0
+
+
+@dataclass
+class _Decoding:
+    result: EncodeResult
+    key: str | None
+    future: Future
+    input: MediaInput | None = None
 
 
 class EncoderRole:
-    """Queues ``EncodeItem`` messages and encodes up to ``max_batch_items`` of them per step."""
+    """Queues ``EncodeItem`` messages and serves them from the cache or batched tower calls."""
 
-    def __init__(self, encoder: TowerEncoder, media: MediaConfig, max_batch_items: int = 16) -> None:
+    def __init__(
+        self,
+        encoder: TowerEncoder,
+        media: MediaConfig,
+        cfg: EncoderConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.encoder = encoder
         self.media = media
-        self.max_batch_items = max_batch_items
-        self.queue: deque[tuple[EncodeItem, float]] = deque()
+        self.cfg = cfg or EncoderConfig()
+        self.decoder = MediaDecoder(encoder, media, scheduler)
+        self.rule = BatchRule(
+            max_batch_tokens=self.cfg.max_batch_tokens,
+            max_batch_items=self.cfg.max_batch_items,
+            max_wait_s=self.cfg.max_wait_ms / 1e3,
+        )
+        self.cache = EmbeddingCache(
+            self.cfg.cache_device_bytes, self.cfg.cache_host_bytes, device or torch.device("cpu")
+        )
+        self._params = _processing_params(media)
+        self._pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="epd-decode")
+        self._decoding: list[_Decoding] = []
+        self._ready: list[Ready[_Decoding]] = []
+        self._finished: list[EncodeResult] = []
+        self._followers: dict[str, list[EncodeResult]] = {}
+        self._num_batches = 0
 
     @property
     def has_work(self) -> bool:
-        return bool(self.queue)
+        return bool(self._finished or self._decoding or self._ready)
+
+    def wait_s(self) -> float | None:
+        """How long the rank may block on its inbox before ``step`` has something to do (None: idle)."""
+        if self._finished:
+            return 0.0
+        launch = self.rule.launch_at(self._ready)
+        wait = None if launch is None else max(0.0, launch - time.time())
+        if self._decoding:
+            wait = MAX_IDLE_POLL_S if wait is None else min(wait, MAX_IDLE_POLL_S)
+        return wait
 
     def warm_up(self) -> None:
         """One small pass through the towers, so the first request does not pay for lazy init."""
@@ -49,38 +120,88 @@ class EncoderRole:
         self.encoder.encode([MediaInput(modality=m, data=samples[m]) for m in self.encoder.modalities if m in samples])
 
     def add(self, msg: EncodeItem) -> None:
-        self.queue.append((msg, time.time()))
+        res = EncodeResult(msg=msg, timestamps={"encode_queue_start": time.time()})
+        key = self._key(msg)
+        if key is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                res.item, res.cache = hit
+                res.num_tokens = res.est_tokens = res.item.meta.num_embeds
+                self._finished.append(res)
+                return
+            if key in self._followers:  # the same content is being encoded: share its result
+                res.cache = "inflight"
+                self._followers[key].append(res)
+                return
+            res.cache = "miss"
+            self._followers[key] = []
+        self._decoding.append(_Decoding(res, key, self._pool.submit(self._decode, msg)))
 
     def step(self) -> list[EncodeResult]:
-        batch = [self.queue.popleft() for _ in range(min(self.max_batch_items, len(self.queue)))]
-        results, inputs = [], []
-        for msg, queued in batch:
-            res = EncodeResult(msg=msg, timestamps={"encode_queue_start": queued, "fetch_start": time.time()})
-            try:
-                inputs.append(self._decode(msg))
-                res.timestamps["fetch_end"] = time.time()
-            except MediaError as exc:
-                res.error = str(exc)
-            results.append(res)
-        ok = [res for res in results if res.error is None]
-        if ok:
-            self._encode(ok, inputs)
-        return results
+        """Collect decoded items, run at most one tower call, return every item finished since last time."""
+        self._collect_decoded()
+        batch = self.rule.take(self._ready, time.time())
+        if batch:
+            self._run([r.payload for r in batch])
+        done, self._finished = self._finished, []
+        return done
 
-    def _decode(self, msg: EncodeItem) -> MediaInput:
-        if msg.modality not in self.encoder.modalities:
-            raise MediaError(
-                f"this model takes {', '.join(self.encoder.modalities)} input, not {msg.modality} ({msg.source[:64]})"
-            )
-        if msg.modality == "image":
-            return MediaInput(modality="image", data=load_image(msg.source, cfg=self.media))
-        if msg.modality == "video":
-            sampling = self.encoder.frame_sampling(self.media)
-            if self.media.use_audio_in_video and self.encoder.audio_in_video:
-                clip, audio = load_video_audio(msg.source, self.media, sampling, self.encoder.audio_sampling_rate)
-                return MediaInput(modality="video", data=clip, sampling=sampling, audio=audio)
-            return MediaInput(modality="video", data=load_video(msg.source, self.media, sampling), sampling=sampling)
-        return MediaInput(modality="audio", data=load_audio(msg.source, self.media, self.encoder.audio_sampling_rate))
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _key(self, msg: EncodeItem) -> str | None:
+        if msg.content_hash is None or not self.cache.enabled:
+            return None
+        return f"{msg.modality}:{msg.content_hash}:{self._params}"
+
+    def _decode(self, msg: EncodeItem) -> tuple[MediaInput, int, float, float]:
+        start = time.time()
+        inp = self.decoder.decode(msg)
+        return inp, self.decoder.num_tokens(inp), start, time.time()
+
+    def _collect_decoded(self) -> None:
+        still = []
+        for dec in self._decoding:  # in arrival order, so the ready list stays FIFO
+            if not dec.future.done():
+                still.append(dec)
+                continue
+            try:
+                inp, num_tokens, start, end = dec.future.result()
+            except MediaError as exc:
+                dec.result.error = str(exc)
+                self._finish(dec, None)
+                continue
+            dec.result.timestamps.update(fetch_start=start, fetch_end=end)
+            dec.result.est_tokens = num_tokens
+            dec.input = inp
+            self._ready.append(Ready(payload=dec, num_tokens=num_tokens, ready_at=end))
+        self._decoding = still
+
+    def _run(self, batch: list[_Decoding]) -> None:
+        batch_id = self._num_batches
+        self._num_batches += 1
+        results = [dec.result for dec in batch]
+        self._encode(results, [dec.input for dec in batch])
+        tokens = sum(res.num_tokens for res in results)
+        for dec, res in zip(batch, results, strict=True):
+            res.batch_id, res.batch_size, res.batch_tokens = batch_id, len(batch), tokens
+            self._finish(dec, res.item)
+
+    def _finish(self, dec: _Decoding, item: EncodedItem | None) -> None:
+        dec.input = None
+        self._finished.append(dec.result)
+        if dec.key is None:
+            return
+        if item is not None:
+            self.cache.put(dec.key, item)
+        now = time.time()
+        for follower in self._followers.pop(dec.key, []):
+            follower.error = dec.result.error
+            if item is not None:
+                follower.item = shared_copy(item)
+                follower.num_tokens = follower.est_tokens = item.meta.num_embeds
+            follower.timestamps["encode_end"] = now
+            self._finished.append(follower)
 
     def _encode(self, results: list[EncodeResult], inputs: list[MediaInput]) -> None:
         start = time.time()
@@ -96,4 +217,12 @@ class EncoderRole:
         end = time.time()
         for res, item in zip(results, encoded, strict=True):
             res.item = item
+            res.num_tokens = item.meta.num_embeds
             res.timestamps.update(encode_start=start, encode_end=end)
+
+
+def _processing_params(media: MediaConfig) -> str:
+    """Digest of the settings that change an item's embeddings for the same bytes (part of its cache key)."""
+    keys = ("video_fps", "video_min_frames", "video_max_frames", "use_audio_in_video")
+    text = json.dumps({k: getattr(media, k) for k in keys}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # OpenAI part type → (modality, key holding {"url": ...})
@@ -12,12 +12,16 @@ MEDIA_PARTS = {
     "audio_url": ("audio", "audio_url"),
 }
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a")
+HINT_KEYS = ("width", "height", "seconds", "frames", "num_tokens")
+"""Optional numbers beside a part's ``url`` that size the item before it is decoded (``epd.scheduler.cost``)."""
 
 
 @dataclass(frozen=True)
 class MediaRef:
     modality: str
     source: str
+    hints: dict[str, float] = field(default_factory=dict, compare=False)
+    """Size hints the request gave for this item (``HINT_KEYS``), e.g. ``{"width": 1920, "height": 1080}``."""
 
 
 def to_template_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[MediaRef]]:
@@ -53,8 +57,18 @@ def to_template_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str,
                 if not isinstance(url, str) or not url:
                     raise ValueError(f"message {turn}: {kind} part without a url")
                 parts.append({"type": modality})
-                media.append(MediaRef(modality, url))
+                media.append(MediaRef(modality, url, _hints(ref)))
             else:
                 raise ValueError(f"message {turn}: unsupported content part type {kind!r}")
         out.append({"role": role, "content": parts})
     return out, media
+
+
+def _hints(ref: Any) -> dict[str, float]:
+    if not isinstance(ref, dict):
+        return {}
+    return {
+        k: ref[k]
+        for k in HINT_KEYS
+        if isinstance(ref.get(k), int | float) and not isinstance(ref[k], bool) and ref[k] > 0
+    }

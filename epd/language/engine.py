@@ -1,56 +1,89 @@
-"""A simple, correct continuous-batching engine: whole-prompt prefill, batched decode, per-seq KV.
+"""The language engine: requests and their media embeddings in, tokens out.
 
-One ``step`` admits ready requests under the token budget, runs one flat forward for the admitted
-prefills and every running decode, samples one token per sequence and returns the outputs.
+``add_request`` and ``add_item`` collect a request's prompt and its items' embeddings; once all
+are here the prompt is expanded (placeholder spans replaced by the items' spans), its embeddings
+merged and its rope positions computed, and the sequence waits for the scheduler. ``step`` runs
+one scheduled batch through the model runner and returns one ``RequestOutput`` per sequence that
+produced a token, finished or failed.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import itertools
+import logging
+from collections.abc import Iterable
 
 import torch
 
+from epd.language.block_manager import BlockManager
 from epd.language.config import EngineConfig
-from epd.language.decoder import KVCache, TextDecoder
+from epd.language.runner import ModelRunner
+from epd.language.scheduler import Scheduler
 from epd.language.sequence import Sequence
 from epd.models import AUDIO, IMAGE, VIDEO, ItemMeta, LanguageSide
 from epd.protocol import NewRequest, RequestOutput
 from epd_kernels import merge_embeddings
 
+log = logging.getLogger("epd.language")
+
 
 class LanguageEngine:
-    def __init__(self, side: LanguageSide, cfg: EngineConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        side: LanguageSide,
+        cfg: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """``tensors``: the language model's weights by name, instead of ``side.weights`` (benchmarks)."""
         self.side = side
         self.cfg = cfg
         self.device = device
-        self.decoder = TextDecoder(side.text_model, side.lm_head)
-        self.waiting: dict[str, Sequence] = {}  # waiting for embeddings or for admission, FIFO
-        self.running: list[Sequence] = []
+        self.runner = ModelRunner(side, cfg, device, dtype, tensors)
+        num_blocks = self.runner.allocate_kv()
+        self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.prefix_cache)
+        self.scheduler = Scheduler(cfg, self.blocks)
+        self.seqs: dict[str, Sequence] = {}  # every request not finished yet
         self._early_items: dict[str, list[tuple]] = {}  # items that beat their NewRequest here
-        self._failed: set[str] = set()  # requests failed by one item: their other items are dropped on arrival
+        self._failed: set[str] = set()  # failed requests: their late items are dropped on arrival
+        self.steps = 0
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.blocks.capacity_tokens
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running) or any(seq.ready for seq in self.waiting.values())
+        return self.scheduler.has_work or any(seq.error is not None for seq in self.seqs.values())
 
-    def warm_up(self, num_tokens: int = 16) -> None:
-        """A throw-away prefill and decode step (first-call kernel selection, allocator warm-up)."""
-        ids = torch.arange(num_tokens, device=self.device)
-        cache = KVCache()
-        positions = ids.expand(3, -1)
-        self.decoder.forward(self.decoder.embed_table[ids], positions, [num_tokens], [cache])
-        self.decoder.forward(self.decoder.embed_table[ids[:1]], positions[:, :1] + num_tokens, [1], [cache])
+    def warm_up(self) -> None:
+        """A throw-away request through prefill and decode, then the decode CUDA graphs."""
+        from epd.protocol import SamplingParams
+
+        n = min(16, self.blocks.capacity_tokens - 2)
+        req = NewRequest(
+            request_id="__warmup__",
+            prompt_token_ids=list(range(n)),
+            items=[],
+            sampling=SamplingParams(max_tokens=2, ignore_eos=True),
+        )
+        self.add_request(req)
+        while self.has_work:
+            self.step()
+        self.runner.capture_graphs()
+        self.blocks.hits = self.blocks.queries = 0
+
+    # ---- arrivals ---------------------------------------------------------------------------------
 
     def add_request(self, req: NewRequest) -> None:
         seq = Sequence(request=req)
         seq.stamp("language_arrival")
-        if req.sampling.temperature > 0:
-            seq.generator = torch.Generator(device=self.device)
-            seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None else time.time_ns())
-        self.waiting[req.request_id] = seq
+        self.seqs[req.request_id] = seq
+        self.scheduler.add(seq)
         for args in self._early_items.pop(req.request_id, []):
             self.add_item(*args)
+        self._maybe_prepare(seq)
 
     def add_item(
         self,
@@ -62,71 +95,71 @@ class LanguageEngine:
         timestamps: dict[str, float],
     ) -> None:
         """An encoder's result for one item; an error fails the whole request."""
-        seq = self.waiting.get(request_id)
-        if seq is None and request_id in self._failed:
-            return
+        seq = self.seqs.get(request_id)
         if seq is None:
-            self._early_items.setdefault(request_id, []).append((request_id, index, meta, tensors, error, timestamps))
+            if request_id not in self._failed:
+                self._early_items.setdefault(request_id, []).append(
+                    (request_id, index, meta, tensors, error, timestamps)
+                )
             return
         seq.merge_item_timestamps(timestamps)
         if error is not None:
             seq.error = seq.error or f"media item {index}: {error}"
         elif meta is not None and tensors is not None:
             seq.items[index] = (meta, tensors)
-        if seq.ready:
+        self._maybe_prepare(seq)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request (the frontend saw a stop string, or the client left); its blocks are freed."""
+        seq = self.seqs.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.remove(seq)
+            self._failed.add(request_id)
+
+    def _maybe_prepare(self, seq: Sequence) -> None:
+        """Build the prompt once every item is here; with ``overlap_encode_prefill``, also each time the
+        run of arrived items from the first one grows (the prefix before the first missing item)."""
+        if seq.error is not None or seq.complete:
+            return
+        arrived = 0
+        while arrived in seq.items:
+            arrived += 1
+        total = len(seq.request.items)
+        grew = arrived > seq.prepared_items or not seq.prepared
+        if arrived < total and not (self.cfg.overlap_encode_prefill and grew):
+            return
+        try:
+            self._prepare(seq, arrived)
+        except ValueError as exc:  # a span the prompt does not hold, a bad embedding count
+            seq.error = str(exc)
+            return
+        if seq.complete:
             seq.stamp("embeddings_ready")
 
-    def step(self) -> list[RequestOutput]:
-        outputs = self._fail_errored()
-        prefills = self._admit()
-        batch = prefills + self.running
-        if not batch:
-            return outputs
-        embeds, positions, seq_lens, deepstack = self._inputs(prefills)
-        for seq in prefills:
-            seq.stamp("prefill_start")
-        logits = self.decoder.forward(embeds, positions, seq_lens, [seq.cache for seq in batch], deepstack)
-        tokens = self._sample(logits, batch)
-        emitted = [self._emit(seq, token) for seq, token in zip(batch, tokens, strict=True)]
-        self.running = [seq for seq, out in zip(batch, emitted, strict=True) if not out.finished]
-        return outputs + emitted
-
-    def _fail_errored(self) -> list[RequestOutput]:
-        failed = [seq for seq in self.waiting.values() if seq.error is not None]
-        for seq in failed:
-            del self.waiting[seq.id]
-            self._failed.add(seq.id)
-        return [
-            RequestOutput(
-                request_id=seq.id, finished=True, finish_reason="error", error=seq.error, timestamps=seq.timestamps
-            )
-            for seq in failed
-        ]
-
-    def _admit(self) -> list[Sequence]:
-        budget = self.cfg.max_batch_tokens - len(self.running)
-        admitted = []
-        for seq in list(self.waiting.values()):
-            if not seq.ready or len(self.running) + len(admitted) >= self.cfg.max_num_seqs:
-                continue
-            self._prepare(seq)
-            # a prompt over the whole budget still runs alone: this engine has no chunked prefill
-            if seq.prompt_len > budget and (admitted or self.running):
-                break
-            admitted.append(seq)
-            budget -= seq.prompt_len
-            del self.waiting[seq.id]
-        return admitted
-
-    def _prepare(self, seq: Sequence) -> None:
-        """Expand placeholders, merge embeddings and compute positions (once per request)."""
-        if seq.prompt_embeds is not None:
-            return
-        items = [seq.items[i] for i in sorted(seq.items)]  # prompt order
+    def _prepare(self, seq: Sequence, arrived: int) -> None:
+        """Expand placeholders, merge embeddings and compute positions of the prompt (``arrived`` = all
+        items) or of its prefix before item ``arrived``. Earlier rows never change: a longer prefix
+        extends the previous one, so the KV already computed stays valid."""
+        items = [seq.items[i] for i in range(arrived)]  # prompt order
         metas = [meta for meta, _ in items]
-        ids, types = self.side.expand(seq.request.prompt_token_ids, metas)
+        complete = arrived == len(seq.request.items)
+        prompt = seq.request.prompt_token_ids
+        if not complete:  # cut before the first missing item's placeholder
+            refs = seq.request.items
+            cut = _placeholder_starts(prompt, [r.modality for r in refs[: arrived + 1]], self.side)[arrived]
+            prompt = prompt[:cut]
+        ids, types = self.side.expand(prompt, metas)
+        seq.token_ids = ids.tolist()
+        seq.prompt_len = len(seq.token_ids)
+        seq.prepared_items = arrived
+        seq.complete = complete
+        if complete:
+            seq.items = {}
+        if not items:
+            return  # text only (so far): embeddings from the table, positions 0..L-1
         positions, seq.rope_delta = self.side.positions(ids, types, metas)
-        table = self.decoder.embed_table
+        seq.positions = positions.to(self.device, torch.float32)
+        table = self.runner.model.embed_table
         # visual rows take the visual items' embeds and audio rows the audio ones, each in prompt order
         # (a video with its audio track contributes to both)
         visual_rows = torch.nonzero((types == IMAGE) | (types == VIDEO), as_tuple=True)[0]
@@ -141,50 +174,51 @@ class LanguageEngine:
         seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
         deep = [t["deepstack"].to(self.device) for _, t in items if "deepstack" in t]
         if deep:  # DeepStack features sit on the visual rows (image and video), in prompt order
-            seq.deepstack = (visual_rows.to(self.device), torch.cat(deep, dim=1))
-        seq.prompt_positions = positions.to(self.device)
-        seq.prompt_len = ids.numel()
-        seq.items.clear()  # the embeddings now live in prompt_embeds
+            seq.deepstack = (visual_rows.tolist(), torch.cat(deep, dim=1))
+        seq.item_spans = _item_spans(prompt, metas, self.side)
 
-    def _inputs(self, prefills: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, list[int], Any]:
-        embeds, positions, seq_lens = [], [], []
-        deep_rows, deep_feats, offset = [], [], 0
-        for seq in prefills:
-            embeds.append(seq.prompt_embeds)
-            positions.append(seq.prompt_positions.float())
-            seq_lens.append(seq.prompt_len)
-            if seq.deepstack is not None:
-                deep_rows.append(seq.deepstack[0] + offset)
-                deep_feats.append(seq.deepstack[1])
-            offset += seq.prompt_len
-            seq.prompt_embeds = seq.prompt_positions = seq.deepstack = None  # held by the KV cache from now on
-        if self.running:
-            last = torch.tensor([seq.output_ids[-1] for seq in self.running], device=self.device)
-            embeds.append(self.decoder.embed_table[last])
-            # decode position = prompt length + tokens generated so far - 1 + rope delta, on all axes
-            pos = [seq.prompt_len + len(seq.output_ids) - 1 + seq.rope_delta for seq in self.running]
-            positions.append(torch.tensor(pos, dtype=torch.float32, device=self.device).expand(3, -1))
-            seq_lens.extend([1] * len(self.running))
-        deepstack = (torch.cat(deep_rows), _cat_layers(deep_feats)) if deep_rows else None
-        return torch.cat(embeds), torch.cat(positions, dim=1), seq_lens, deepstack
+    # ---- steps ------------------------------------------------------------------------------------
 
-    def _sample(self, logits: torch.Tensor, batch: list[Sequence]) -> list[int]:
-        greedy = logits.argmax(-1).tolist()
-        tokens = []
-        for row, seq, tok in zip(logits, batch, greedy, strict=True):
-            temp = seq.request.sampling.temperature
-            if temp > 0:
-                probs = torch.softmax(row.float() / temp, dim=-1)
-                tok = int(torch.multinomial(probs, 1, generator=seq.generator).item())
-            tokens.append(tok)
-        return tokens
+    def step(self) -> list[RequestOutput]:
+        outputs = self._fail_errored()
+        batch = self.scheduler.schedule()
+        outputs += [self._failure(seq, reason) for seq, reason in batch.failed]
+        if not batch:
+            return outputs
+        for seq, _ in batch.prefills:
+            if "prefill_start" not in seq.timestamps:
+                seq.stamp("prefill_start")
+        sampled = ModelRunner.sampled_seqs(batch)  # before the counts below move
+        tokens = self.runner.run(batch)
+        self.steps += 1
+        for seq, n in batch.prefills:
+            seq.num_computed += n
+        for seq in batch.decodes:
+            seq.num_computed += 1
+        for seq in [s for s, _ in batch.prefills] + batch.decodes:
+            self.blocks.computed(seq)
+        outputs += [self._emit(seq, token) for seq, token in zip(sampled, tokens, strict=True)]
+        return outputs
+
+    def _fail_errored(self) -> list[RequestOutput]:
+        failed = [seq for seq in self.seqs.values() if seq.error is not None]
+        return [self._failure(seq, seq.error) for seq in failed]
+
+    def _failure(self, seq: Sequence, reason: str) -> RequestOutput:
+        self.scheduler.remove(seq)
+        self.seqs.pop(seq.id, None)
+        self._failed.add(seq.id)
+        return RequestOutput(
+            request_id=seq.id, finished=True, finish_reason="error", error=reason, timestamps=seq.timestamps
+        )
 
     def _emit(self, seq: Sequence, token: int) -> RequestOutput:
         first = not seq.output_ids
         seq.output_ids.append(token)
+        seq.token_ids.append(token)
         sp = seq.request.sampling
         reason = None
-        if not sp.ignore_eos and token in self.side.eos_token_ids:
+        if not sp.ignore_eos and (token in self.side.eos_token_ids or token in sp.stop_token_ids):
             reason = "stop"
         elif len(seq.output_ids) >= sp.max_tokens:
             reason = "length"
@@ -192,6 +226,8 @@ class LanguageEngine:
             seq.stamp("first_token")
         if reason:
             seq.stamp("finished")
+            self.scheduler.remove(seq)
+            self.seqs.pop(seq.id, None)
         return RequestOutput(
             request_id=seq.id,
             token_ids=[token],
@@ -199,13 +235,37 @@ class LanguageEngine:
             finish_reason=reason,
             num_prompt_tokens=seq.prompt_len,
             timestamps=seq.timestamps if (first or reason) else {},
+            num_cached_tokens=seq.num_cached_prompt if reason else 0,
+            num_preemptions=seq.num_preemptions if reason else 0,
         )
 
 
-def _cat_layers(feats: list[torch.Tensor]) -> torch.Tensor:
-    """[k_i, M_i, H] per sequence → [max k, sum M, H]; a sequence with fewer layers adds zeros above them."""
-    depth = max(f.shape[0] for f in feats)
-    padded = [
-        f if f.shape[0] == depth else torch.cat([f, f.new_zeros(depth - f.shape[0], *f.shape[1:])]) for f in feats
-    ]
-    return torch.cat(padded, dim=1)
+_UNHASHED = itertools.count()
+
+
+def _placeholder_starts(prompt_ids: list[int], modalities: list[str], side: LanguageSide) -> list[int]:
+    """Where each item's placeholder span starts in the unexpanded prompt, in order."""
+    from epd.models.base import _find
+
+    starts, pos = [], 0
+    for modality in modalities:
+        span = side.placeholder_span(modality)
+        at = _find(prompt_ids, span, pos)
+        if at < 0:
+            raise ValueError(f"the prompt has no {modality} placeholder left for media item {len(starts)}")
+        starts.append(at)
+        pos = at + len(span)
+    return starts
+
+
+def _item_spans(prompt_ids: list[int], metas: list[ItemMeta], side: LanguageSide) -> list[tuple[int, int, str]]:
+    """(start, end, content hash) of each item's span in the expanded prompt, for the prefix cache.
+    An item without a content hash gets a unique key: it can hit only within its own request."""
+    starts = _placeholder_starts(prompt_ids, [m.modality for m in metas], side)
+    spans, offset = [], 0
+    for meta, at in zip(metas, starts, strict=True):
+        start = at + offset
+        key = meta.info.get("content_hash") or f"unhashed-{next(_UNHASHED)}"
+        spans.append((start, start + len(meta.token_ids), str(key)))
+        offset += len(meta.token_ids) - len(side.placeholder_span(meta.modality))
+    return spans

@@ -2,45 +2,78 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from epd.language.decoder import KVCache
 from epd.models import ItemMeta
-from epd.protocol import ItemRef, NewRequest
+from epd.protocol import NewRequest
 
 
-@dataclass
+class Status(enum.Enum):
+    WAITING = "waiting"  # embeddings on the way, or not admitted yet (or preempted)
+    RUNNING = "running"  # holds KV blocks; prefilling or decoding
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
 class Sequence:
-    """A request from arrival on the language instance to its last token."""
+    """A request from its arrival on the language instance to its last token.
+
+    ``token_ids`` is the expanded prompt (once every item arrived) followed by the generated tokens;
+    ``num_computed`` of them have their keys and values in the KV cache (blocks ``block_table``).
+    """
 
     request: NewRequest
     items: dict[int, tuple[ItemMeta, dict[str, torch.Tensor]]] = field(default_factory=dict)
     error: str | None = None
     timestamps: dict[str, float] = field(default_factory=dict)
-    cache: KVCache = field(default_factory=KVCache)
-    prompt_embeds: torch.Tensor | None = None  # [L, H] merged, until prefill
-    prompt_positions: torch.Tensor | None = None  # [3, L], until prefill
-    deepstack: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt rows [M], features [k, M, H], until prefill
+    status: Status = Status.WAITING
+    # the expanded prompt, set by the engine once every item arrived (with encode-prefill overlap,
+    # first its prefix up to the first missing item, then longer as items arrive: ``complete`` tells)
+    token_ids: list[int] = field(default_factory=list)
+    complete: bool = False
+    prepared_items: int = 0  # items merged into token_ids so far
     prompt_len: int = 0
-    rope_delta: float = 0  # Qwen3-Omni's positions are fractional
+    prompt_embeds: torch.Tensor | None = None  # [L, H] merged text + media rows; None for text-only prompts
+    positions: torch.Tensor | None = None  # [3, L] float32 rope positions; None = 0..L-1 on every axis
+    rope_delta: float = 0.0  # decode positions continue at index + rope_delta (fractional for Qwen3-Omni)
+    deepstack: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt rows [M] ascending, features [k, M, H]
+    item_spans: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, content hash) per item
+    # KV cache
+    num_computed: int = 0
+    num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)  # of the full blocks of token_ids, in order
+    num_preemptions: int = 0
     output_ids: list[int] = field(default_factory=list)
-    generator: torch.Generator | None = None
 
     @property
     def id(self) -> str:
         return self.request.request_id
 
     @property
-    def item_refs(self) -> list[ItemRef]:
-        return self.request.items
+    def prepared(self) -> bool:
+        return bool(self.token_ids)
 
     @property
     def ready(self) -> bool:
-        """All media embeddings are here (or the request already failed)."""
-        return self.error is not None or self.prompt_embeds is not None or len(self.items) == len(self.request.items)
+        """There is work the scheduler can give it (or the request already failed): its prompt is
+        complete, or a known prefix of it is not computed yet."""
+        if self.error is not None:
+            return True
+        return self.prepared and (self.complete or self.num_computed < len(self.token_ids))
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prefill_done(self) -> bool:
+        """Every token but the last generated one has its KV: the next step decodes."""
+        return self.num_computed >= self.num_tokens - 1 and bool(self.output_ids) and self.num_computed > 0
 
     def stamp(self, stage: str) -> None:
         self.timestamps[stage] = time.time()

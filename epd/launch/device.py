@@ -36,7 +36,12 @@ def rank_device(device: str, topology: TopologyConfig, rank: int, local_rank: in
     """The device rank ``rank`` runs on; GPUs are shared round-robin when there are fewer than ranks."""
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    gpu = topology.instances[rank].gpu
-    index = gpu if gpu is not None else local_rank % torch.cuda.device_count()
+    index = gpu_index(topology, rank, local_rank)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def gpu_index(topology: TopologyConfig, rank: int, local_rank: int) -> int:
+    """The GPU of rank ``rank``: its instance's ``gpu``, else its local rank modulo the GPUs here."""
+    gpu = topology.instances[rank].gpu
+    return gpu if gpu is not None else local_rank % torch.cuda.device_count()

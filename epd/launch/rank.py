@@ -2,12 +2,14 @@
 
 Loop order per turn: drain the control inbox (requests, items, shutdown), run one encoder batch,
 run one language step, let the transfer backend make progress. A rank that is idle blocks on its
-inbox for a few milliseconds instead of spinning.
+inbox for a few milliseconds instead of spinning (an encoder waiting on its decode threads or its
+batch's max wait, for at most that long).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -21,12 +23,17 @@ import torch.distributed as dist
 from epd.config import RunConfig
 from epd.encoder import EncodeResult, EncoderRole
 from epd.language import LanguageEngine
-from epd.launch.device import rank_device
+from epd.launch.device import gpu_index, rank_device
+from epd.metrics.memory import report_peak_memory, reset_peak_memory
 from epd.models import ItemMeta, detect_family, resolve_checkpoint, torch_dtype
-from epd.protocol import FRONTEND, Channel, EncodeItem, ItemReady, NewRequest, Shutdown, rank_name
+from epd.protocol import FRONTEND, Abort, Channel, EncodeItem, ItemReady, NewRequest, Shutdown, rank_name
+from epd.protocol.messages import ItemDone
 from epd.transfer import build_transfer
 
 log = logging.getLogger("epd")
+
+IDLE_WAIT_MS = 5
+"""How long an idle rank blocks on its inbox per turn."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +50,9 @@ class RankContext:
 def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None) -> int:
     """Serve this rank's roles until shutdown; rank 0 also runs the frontend process. Returns an exit code."""
     device = rank_device(cfg.device, cfg.topology, ctx.rank, ctx.local_rank)
+    if device.type == "cpu" and ctx.world_size > 1:  # ranks sharing the cores: oversubscribed BLAS threads crawl
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.world_size))
+    reset_peak_memory(device)
     if store is None:
         store = dist.TCPStore(ctx.store_host, ctx.store_port, is_master=False, timeout=timedelta(minutes=10))
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
@@ -52,6 +62,7 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None) 
         server = RankServer(cfg, ctx, device, store)
         store.set(f"epd/ready/{ctx.rank}", "1")
         server.serve(frontend)
+        report_peak_memory(store, ctx.rank, device)  # read by the frontend for results.json
         server.close()
         return frontend.wait() if frontend is not None else 0
     finally:
@@ -70,10 +81,21 @@ class RankServer:
         dtype = torch_dtype(cfg.model.dtype, device)
         self.encoder = self.language = None
         if role in ("encoder", "colocated"):
-            self.encoder = EncoderRole(family.load_encoder(ckpt, cfg.model.random_init, device, dtype), cfg.media)
+            tower = family.load_encoder(ckpt, cfg.model.random_init, device, dtype, cfg.model.tower_attention)
+            self.encoder = EncoderRole(tower, cfg.media, cfg.encoder, cfg.scheduler, device)
+            self.encoder.warm_up()
+            store.set(f"epd/loaded/{ctx.rank}", "1")
         if role in ("language", "colocated"):
-            side = family.load_language(ckpt, cfg.model.random_init, device, dtype)
-            self.language = LanguageEngine(side, cfg.engine, device)
+            # the KV cache is sized from the memory left on the device: encoders sharing this GPU load first
+            shared = [
+                r
+                for r in cfg.topology.encoder_ranks
+                if r != ctx.rank and device.type == "cuda" and gpu_index(cfg.topology, r, r) == device.index
+            ]
+            if shared:
+                store.wait([f"epd/loaded/{r}" for r in shared])
+            side = family.load_language(ckpt, cfg.model.random_init)
+            self.language = LanguageEngine(side, cfg.engine, device, dtype)
         self.transfer = (
             build_transfer(cfg.transfer, ctx.rank, ctx.world_size, device, store) if ctx.world_size > 1 else None
         )
@@ -81,16 +103,14 @@ class RankServer:
         log.info("rank %d: %s on %s (%s, %s)", ctx.rank, role, device, family.name, dtype)
 
     def _warm_up(self) -> None:
-        """One small pass through each role, so the first request does not pay for lazy init."""
-        if self.encoder is not None:
-            self.encoder.warm_up()
+        """One small pass through the language role (the encoder's ran at load), so the first request
+        does not pay for lazy init."""
         if self.language is not None:
             self.language.warm_up()
 
     def serve(self, frontend: subprocess.Popen | None) -> None:
         while True:
-            busy = (self.encoder and self.encoder.has_work) or (self.language and self.language.has_work)
-            for msg in self.channel.recv(0 if busy else 5):
+            for msg in self.channel.recv(self._inbox_wait_ms()):
                 if isinstance(msg, Shutdown):
                     return
                 self._dispatch(msg)
@@ -105,11 +125,19 @@ class RankServer:
             if frontend is not None and frontend.poll() is not None:
                 raise RuntimeError(f"the frontend process exited with code {frontend.returncode} before shutdown")
 
+    def _inbox_wait_ms(self) -> int:
+        if self.language and self.language.has_work:
+            return 0
+        wait_s = self.encoder.wait_s() if self.encoder else None
+        return IDLE_WAIT_MS if wait_s is None else min(IDLE_WAIT_MS, int(wait_s * 1e3))
+
     def _dispatch(self, msg) -> None:
         if isinstance(msg, EncodeItem):
             self.encoder.add(msg)
         elif isinstance(msg, NewRequest):
             self.language.add_request(msg)
+        elif isinstance(msg, Abort):
+            self.language.abort(msg.request_id)
         elif isinstance(msg, ItemReady):
             # receive right away, in arrival order: point-to-point backends match sends by order
             tensors = meta = None
@@ -124,8 +152,29 @@ class RankServer:
             raise RuntimeError(f"rank {self.rank} got an unexpected {type(msg).__name__}")
 
     def _deliver(self, res: EncodeResult) -> None:
+        self._deliver_item(res)
+        self.channel.send(
+            FRONTEND,
+            ItemDone(
+                request_id=res.msg.request_id,
+                index=res.msg.index,
+                encoder_rank=self.rank,
+                num_tokens=res.num_tokens,
+                est_tokens=res.est_tokens,
+                cache=res.cache,
+                batch_id=res.batch_id,
+                batch_size=res.batch_size,
+                batch_tokens=res.batch_tokens,
+                error=res.error,
+                timestamps=res.timestamps,
+            ),
+        )
+
+    def _deliver_item(self, res: EncodeResult) -> None:
         dst = res.msg.language_rank
         item = res.item
+        if item is not None and res.msg.content_hash is not None:  # the language side's prefix cache keys media on it
+            item.meta.info["content_hash"] = res.msg.content_hash
         if dst == self.rank:  # colocated: hand over in process, no copy
             meta, tensors = (item.meta, item.tensors) if item is not None else (None, None)
             self.language.add_item(res.msg.request_id, res.msg.index, meta, tensors, res.error, res.timestamps)
@@ -149,6 +198,8 @@ class RankServer:
         )
 
     def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
         if self.transfer is not None:
             self.transfer.close()
         self.channel.close()

@@ -27,7 +27,15 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     output_text: str = ""
     num_prompt_tokens: int = 0
     error: str | None = None
+    finish_reason: str | None = None
+    """``stop`` (EOS, a stop token or stop string), ``length``, ``error``."""
+    num_cached_tokens: int = 0
+    """Prompt tokens the language engine's prefix cache served."""
+    num_preemptions: int = 0
+    """Times the language engine preempted the request (and recomputed it)."""
     warmup: bool = False
+    phase: int = 0
+    """Load phase of the request (`workload.phase_rates`); 0 when the run has one phase."""
     items: list[dict] = []
     """One entry per media item: modality and the encoder rank it was assigned to."""
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from epd.metrics.breakdown import breakdown_samples
 from epd.metrics.records import RequestRecord
 
 PERCENTILES = (50, 90, 99)
@@ -60,10 +61,14 @@ def summarize(
     """Summary of a run that lasted `duration_s` seconds (the throughput denominator).
 
     Keys: num_requests, num_completed, num_failed, num_warmup, duration_s, request_throughput
-    (req/s), output_token_throughput and total_token_throughput (tok/s), total_input_tokens,
-    total_output_tokens, goodput (req/s meeting every SLO given, else None), slo, ttft_ms,
-    tpot_ms, itl_ms, e2e_ms ({mean, p50, p90, p99, max} each), stages_ms (per timestamp name,
-    stats of its time after arrival, stages in order of their median), errors (message -> count).
+    (req/s), input_token_throughput, output_token_throughput and total_token_throughput (tok/s), total_input_tokens,
+    total_output_tokens, goodput (req/s meeting every SLO given, else None), slo_attainment
+    (share of measured requests meeting them; failed ones miss), slo, ttft_ms, tpot_ms, itl_ms,
+    e2e_ms ({mean, p50, p90, p99, max} each), stages_ms (per timestamp name, stats of its time
+    after arrival, stages in order of their median), breakdown_ms (per stage of
+    `epd.metrics.breakdown`, stats of the time spent in it), errors (message -> count),
+    encoders and cache_hit_rate (per-encoder utilisation, queue time, batch sizes, cache hits:
+    `encoder_stats`).
     """
     if not duration_s > 0:
         raise ValueError(f"duration_s={duration_s}: a run's duration must be > 0 seconds")
@@ -92,15 +97,19 @@ def summarize(
         "num_warmup": len(records) - len(measured),
         "duration_s": duration_s,
         "request_throughput": len(completed) / duration_s,
+        "input_token_throughput": input_tokens / duration_s,
         "output_token_throughput": output_tokens / duration_s,
         "total_token_throughput": (input_tokens + output_tokens) / duration_s,
         "total_input_tokens": input_tokens,
         "total_output_tokens": output_tokens,
         "goodput": num_good / duration_s if has_slo else None,
+        "slo_attainment": num_good / len(measured) if has_slo and measured else None,
         "slo": {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms},
         **{name: latency_stats(samples[name]) for name in LATENCY_METRICS},
         "stages_ms": {stage: latency_stats(stage_ms[stage]) for stage in stage_order},
+        "breakdown_ms": {stage: latency_stats(v) for stage, v in breakdown_samples(completed).items()},
         "errors": dict(Counter(r.error for r in measured if r.error is not None).most_common(10)),
+        **encoder_stats(measured, duration_s),
     }
 
 
@@ -111,3 +120,51 @@ def _meets_slo(latencies: dict, slo_ttft_ms: float | None, slo_tpot_ms: float | 
     if slo_ttft_ms is not None and (ttft_ms is None or ttft_ms > slo_ttft_ms):
         return False
     return slo_tpot_ms is None or tpot_ms is None or tpot_ms <= slo_tpot_ms
+
+
+CACHE_HITS = ("device", "host", "inflight")
+
+
+def encoder_stats(records: Sequence[RequestRecord], duration_s: float) -> dict:
+    """Per encoder rank, from the records' items (their encoders' reports): ``items``, ``tokens``,
+    ``busy_s`` (union of its tower calls), ``utilization`` (busy_s / duration_s), ``queue_ms`` and
+    ``decode_ms`` stats over items, ``batches`` and ``batch_size`` / ``batch_tokens`` stats over its
+    tower calls, ``cache_lookups``, ``cache_hits``, ``cache_hit_rate``; and the run's overall
+    ``cache_hit_rate`` (hits from either tier or from an identical item in flight; None: no lookups)."""
+    by_rank: dict[int, list[dict]] = defaultdict(list)
+    for record in records:
+        for item in record.items:
+            if "encoder" in item:
+                by_rank[item["encoder"]].append(item)
+    encoders, lookups, hits = {}, 0, 0
+    for rank in sorted(by_rank):
+        items = by_rank[rank]
+        batches = {it["batch_id"]: it for it in items if it.get("batch_id", -1) >= 0 and it.get("encode_start")}
+        busy_s = _union_seconds([(it["encode_start"], it["encode_end"]) for it in batches.values()])
+        rank_lookups = sum(1 for it in items if it.get("cache", "off") != "off")
+        rank_hits = sum(1 for it in items if it.get("cache") in CACHE_HITS)
+        lookups, hits = lookups + rank_lookups, hits + rank_hits
+        encoders[str(rank)] = {
+            "items": len(items),
+            "tokens": sum(it.get("num_tokens", 0) for it in items),
+            "busy_s": busy_s,
+            "utilization": busy_s / duration_s,
+            "queue_ms": latency_stats([it["queue_ms"] for it in items if it.get("queue_ms") is not None]),
+            "decode_ms": latency_stats([it["decode_ms"] for it in items if it.get("decode_ms") is not None]),
+            "batches": len(batches),
+            "batch_size": latency_stats([it["batch_size"] for it in batches.values()]),
+            "batch_tokens": latency_stats([it["batch_tokens"] for it in batches.values()]),
+            "cache_lookups": rank_lookups,
+            "cache_hits": rank_hits,
+            "cache_hit_rate": rank_hits / rank_lookups if rank_lookups else None,
+        }
+    return {"encoders": encoders, "cache_hit_rate": hits / lookups if lookups else None}
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total

@@ -82,10 +82,14 @@ class TowerEncoder(ABC):
 
 
 class LanguageSide(ABC):
-    """Family specifics of the language role: spans, positions and the decoder's modules."""
+    """Family specifics of the language role: the decoder's shape, spans and positions. It holds no
+    weights: the engine builds its own decoder from ``spec`` and reads ``weights``' safetensors."""
 
-    text_model: torch.nn.Module  # embed_tokens, layers, norm, rotary_emb (HF module tree)
-    lm_head: torch.nn.Module
+    spec: Any  # epd.language.models.DecoderSpec
+    weights: Path | None
+    """Checkpoint directory whose safetensors hold the language model; None = random init on the device."""
+    hf_config: Any
+    """The HF config the rope positions read (the thinker's for Qwen3-Omni)."""
     eos_token_ids: list[int]
 
     @abstractmethod
@@ -133,9 +137,11 @@ class ModelFamily(ABC):
     modalities: tuple[str, ...]
 
     @abstractmethod
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
-        """The towers and processor, on ``device``."""
+    def load_encoder(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> TowerEncoder:
+        """The towers and processor, on ``device``; ``tower_attention`` as ``ModelConfig.tower_attention``."""
 
     @abstractmethod
-    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
-        """The language model and its family specifics, on ``device``."""
+    def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
+        """The language side's specifics (config and tokenizer only: the engine loads the weights)."""

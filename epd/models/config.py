@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TOWER_ATTENTION = ("auto", "varlen", "sdpa", "eager")  # = epd_kernels.tower.TOWER_MODES
 
 
 @dataclass(kw_only=True)
@@ -26,9 +27,18 @@ class ModelConfig:
     epd writes the released config and processor settings itself (no weights, tiny tokenizer)."""
     dtype: str = "auto"
     """``auto`` = bfloat16 on GPU, float32 on CPU."""
+    tower_attention: str = "auto"
+    """Attention of the vision/audio towers (``epd_kernels.tower``): ``auto`` = epd's packed path on a GPU
+    in bf16/fp16 (dense SDPA for equal segments, varlen kernel for windows, fused rotary / RMSNorm /
+    patch embedding) and transformers' SDPA elsewhere; ``varlen`` = epd's varlen attention alone;
+    ``sdpa`` / ``eager`` = transformers' own per-segment loop."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.tower_attention not in TOWER_ATTENTION:
+            raise ValueError(
+                f"model.tower_attention={self.tower_attention!r} is not one of {', '.join(TOWER_ATTENTION)}"
+            )
         if not (self.path or self.tiny or self.name):
             raise ValueError("no model given: set model.path=<dir>, or pick model=<preset>")

@@ -3,6 +3,7 @@
 from epd.protocol.channel import FRONTEND, Channel, rank_name
 from epd.protocol.messages import (
     PROTOCOL_VERSION,
+    Abort,
     EncodeItem,
     ItemReady,
     ItemRef,
@@ -18,6 +19,7 @@ from epd.protocol.messages import (
 __all__ = [
     "FRONTEND",
     "PROTOCOL_VERSION",
+    "Abort",
     "Channel",
     "EncodeItem",
     "ItemReady",

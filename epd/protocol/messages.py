@@ -12,7 +12,7 @@ import msgspec
 
 from epd.transfer import TransferHandle
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Message(msgspec.Struct, tag=True, kw_only=True):
@@ -24,8 +24,19 @@ class Message(msgspec.Struct, tag=True, kw_only=True):
 class SamplingParams(msgspec.Struct, kw_only=True):
     max_tokens: int = 16
     temperature: float = 0.0
+    """0 = greedy."""
+    top_k: int = 0
+    """Sample among the k most likely tokens (0 = all)."""
+    top_p: float = 1.0
+    """Sample within the smallest set of tokens whose probability reaches p (1 = all)."""
     ignore_eos: bool = False
+    """Generate ``max_tokens`` regardless of EOS and stop tokens (benchmarking)."""
     seed: int | None = None
+    """Seed of this request's samples: the same seed gives the same tokens whatever the batch."""
+    stop_token_ids: list[int] = []
+    """Tokens besides the model's EOS that end the request."""
+    stop: list[str] = []
+    """Strings that end the request (checked by the frontend on the detokenized text)."""
 
 
 class ItemRef(msgspec.Struct, kw_only=True):
@@ -42,6 +53,11 @@ class EncodeItem(Message):
     modality: str
     source: str
     language_rank: int
+    content_hash: str | None = None
+    """Hash of the media's content (``epd.scheduler.content_hash``); with it the encoder's embedding cache
+    can serve the item without decoding it."""
+    est_tokens: int = 0
+    """The frontend's estimate of the item's tokens (0: none)."""
 
 
 class NewRequest(Message):
@@ -82,6 +98,37 @@ class RequestOutput(Message):
     error: str | None = None
     num_prompt_tokens: int = 0
     timestamps: dict[str, float] = {}
+    num_cached_tokens: int = 0
+    """Prompt tokens the prefix cache served (set when the request finishes)."""
+    num_preemptions: int = 0
+    """Times the request lost its KV cache and was recomputed (set when it finishes)."""
+
+
+class Abort(Message):
+    """frontend → language: stop a request now (a stop string matched); its KV blocks are freed."""
+
+    request_id: str
+
+
+class ItemDone(Message):
+    """encoder → frontend: one item left the encoder (encoded, served from cache, or failed).
+
+    Drains the item's outstanding work in load-aware policies, and records how it was served:
+    ``cache`` is ``off``, ``miss``, ``device``, ``host`` or ``inflight``; ``batch_*`` describe the
+    tower call that encoded it (``batch_id`` -1: none); ``timestamps`` are the encoder's stages.
+    """
+
+    request_id: str
+    index: int
+    encoder_rank: int
+    num_tokens: int = 0
+    est_tokens: int = 0
+    cache: str = "off"
+    batch_id: int = -1
+    batch_size: int = 0
+    batch_tokens: int = 0
+    error: str | None = None
+    timestamps: dict[str, float] = {}
 
 
 class Shutdown(Message):
@@ -90,7 +137,7 @@ class Shutdown(Message):
     reason: str = "done"
 
 
-AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | Shutdown
+AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | ItemDone | Abort | Shutdown
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

@@ -1,6 +1,6 @@
 """Workloads: which requests a run sends, with what media, and when they arrive."""
 
-from epd.workload.arrivals import arrival_times
+from epd.workload.arrivals import ARRIVALS, arrival_times
 from epd.workload.base import (
     RESOLUTIONS,
     WorkloadConfig,
@@ -9,9 +9,12 @@ from epd.workload.base import (
     parse_resolution,
     register_workload,
 )
+from epd.workload.driver import ArrivalDriver
 
 __all__ = [
+    "ARRIVALS",
     "RESOLUTIONS",
+    "ArrivalDriver",
     "WorkloadConfig",
     "WorkloadRequest",
     "arrival_times",

@@ -44,11 +44,37 @@ class WorkloadConfig:
     """Generator registry key: "random_image", "random_video", "random_audio", "mixed" or "file"
     (see `register_workload`)."""
     num_requests: int = 8
-    """Measured requests. For "file", 0 means every line of the file; otherwise at most this many."""
+    """Measured requests (of each phase, with `phase_rates`). For "file", 0 means every line of the
+    file; otherwise at most this many."""
     request_rate: float = math.inf
-    """Mean arrival rate in requests/s (Poisson, or gamma with `burstiness`); inf = all at t=0."""
+    """Mean arrival rate in requests/s of arrival=poisson and gamma; inf = all at t=0."""
+    arrival: str = "poisson"
+    """How measured requests arrive (`epd.workload.arrivals`): "poisson" (exponential gaps at
+    `request_rate`), "gamma" (gamma gaps at `request_rate` with shape `burstiness`), "concurrency"
+    (a closed loop: `concurrency` requests in flight, the next sent when one ends) or "trace"
+    (the offsets of the timestamps in `trace_path`)."""
     burstiness: float = 1.0
-    """Gamma shape of the inter-arrival gaps: 1 = Poisson, < 1 burstier, > 1 more regular."""
+    """arrival=gamma: shape of the inter-arrival gaps: 1 = Poisson, < 1 burstier, > 1 more regular."""
+    concurrency: int = 0
+    """Requests in flight: exactly this many with arrival=concurrency; with the other arrival
+    processes a cap (a due request waits for a free slot and its latency counts from when it is
+    sent); 0 = no cap."""
+    trace_path: str | None = None
+    """arrival=trace: a file of arrival times in seconds, one a line (plain numbers, a CSV whose header
+    names a `timestamp`/`arrival_s`/`time` column, or JSONL objects with one of those keys); shifted so
+    the first is 0. The earliest `num_requests` are used."""
+    trace_speed: float = 1.0
+    """arrival=trace: replay speed, 2 = twice as fast (offsets are divided by it)."""
+    phase_rates: list[float] = field(default_factory=list)
+    """Several loads in one job (the ranks start once): one phase per rate, played in order, each
+    starting when the previous one has drained; the summary gets one entry per phase
+    (`summary["phases"]`). Empty = one phase at `request_rate`. Not with arrival=concurrency or trace."""
+    phase_requests: list[int] = field(default_factory=list)
+    """Measured requests of each phase (same length as `phase_rates`); empty = `num_requests` each."""
+    slo_ttft_ms: float | None = None
+    """Service-level objective on time to first token (ms): goodput counts requests within it."""
+    slo_tpot_ms: float | None = None
+    """Service-level objective on time per output token (ms): goodput counts requests within it."""
     seed: int = 0
     """Seeds every random choice: arrivals, prompt words, media content and mixed's modalities."""
     image_count: int = 1
@@ -74,6 +100,9 @@ class WorkloadConfig:
     Qwen3-Omni's audio-in-video."""
     audio_count: int = 1
     """random_audio, mixed: audio clips per request (0 = text-only requests)."""
+    random_count: bool = False
+    """Synthetic workloads: each request carries a random number of items, drawn uniformly from 1 to
+    image_count (video_count, audio_count) and seeded per request; false = exactly that many."""
     audio_seconds: float = 10.0
     """random_audio, mixed: length of each clip in seconds (16 kHz mono)."""
     audio_format: str = "wav"
@@ -116,8 +145,7 @@ class WorkloadConfig:
                 f"workload.request_rate={self.request_rate}: set a rate > 0 in requests/s, "
                 "or inf to send every request at t=0"
             )
-        if not self.burstiness > 0 or math.isinf(self.burstiness):
-            raise ValueError(f"workload.burstiness={self.burstiness}: set a finite value > 0")
+        self._check_arrival()
         if self.seed < 0:
             raise ValueError(f"workload.seed={self.seed}: set it to 0 or more")
         for key in ("image_count", "video_count", "audio_count", "input_len", "warmup_requests", "num_distinct_images"):
@@ -139,6 +167,74 @@ class WorkloadConfig:
             raise ValueError(f"workload.{count_key} and workload.input_len are both 0: set one to 1 or more")
         if self.name == "file" and not self.path:
             raise ValueError("workload.name=file needs workload.path=<a JSONL file of request bodies>")
+
+    def _check_arrival(self) -> None:
+        from epd.workload.arrivals import ARRIVALS
+
+        if self.arrival not in ARRIVALS:
+            raise ValueError(f"workload.arrival={self.arrival!r}: choose one of {list(ARRIVALS)}")
+        if not self.burstiness > 0 or math.isinf(self.burstiness):
+            raise ValueError(f"workload.burstiness={self.burstiness}: set a finite value > 0")
+        if self.burstiness != 1.0 and self.arrival != "gamma":
+            raise ValueError(
+                f"workload.burstiness={self.burstiness} shapes gamma arrivals: add workload.arrival=gamma "
+                f"(arrival={self.arrival!r} ignores it)"
+            )
+        if self.concurrency < 0 or (self.arrival == "concurrency" and self.concurrency == 0):
+            raise ValueError(
+                f"workload.concurrency={self.concurrency}: set the number of requests in flight (>= 1 with "
+                "workload.arrival=concurrency; 0 = no cap otherwise)"
+            )
+        if self.arrival in ("concurrency", "trace") and not math.isinf(self.request_rate):
+            raise ValueError(
+                f"workload.request_rate={self.request_rate} is not used by workload.arrival={self.arrival}: drop it "
+                "(for a rate with a cap on requests in flight, use arrival=poisson with workload.concurrency=N)"
+            )
+        if self.arrival == "trace" and not self.trace_path:
+            raise ValueError("workload.arrival=trace needs workload.trace_path=<a file of arrival times>")
+        if self.trace_path:
+            self.trace_path = str(Path(self.trace_path).expanduser().absolute())  # every process reads the same file
+            if not Path(self.trace_path).is_file():
+                raise ValueError(f"workload.trace_path={self.trace_path!r}: no such file")
+        if not 0 < self.trace_speed < math.inf:
+            raise ValueError(f"workload.trace_speed={self.trace_speed}: set a finite value > 0")
+        for key in ("slo_ttft_ms", "slo_tpot_ms"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValueError(f"workload.{key}={value}: set a latency > 0 in ms, or null for no SLO")
+        self._check_phases()
+
+    def _check_phases(self) -> None:
+        if not self.phase_rates:
+            if self.phase_requests:
+                raise ValueError("workload.phase_requests needs workload.phase_rates (one rate per phase)")
+            return
+        if self.arrival in ("concurrency", "trace"):
+            raise ValueError(f"workload.phase_rates sets request rates, which arrival={self.arrival!r} does not use")
+        for rate in self.phase_rates:
+            if math.isnan(rate) or rate <= 0:
+                raise ValueError(f"workload.phase_rates={self.phase_rates}: every rate must be > 0 (or inf)")
+        if self.phase_requests and len(self.phase_requests) != len(self.phase_rates):
+            raise ValueError(
+                f"workload.phase_requests={self.phase_requests} needs one count per rate of "
+                f"workload.phase_rates={self.phase_rates}"
+            )
+        if any(n < 1 for n in self.phase_requests):
+            raise ValueError(f"workload.phase_requests={self.phase_requests}: every phase needs 1 request or more")
+        if self.name == "file":
+            raise ValueError("workload.phase_rates is for synthetic workloads; a file workload plays its lines once")
+
+    @property
+    def requests_per_phase(self) -> list[int]:
+        """Measured requests of each phase (one phase when `phase_rates` is empty)."""
+        if not self.phase_rates:
+            return [self.num_requests]
+        return list(self.phase_requests) or [self.num_requests] * len(self.phase_rates)
+
+    @property
+    def total_requests(self) -> int:
+        """Measured requests of the whole run, over every phase."""
+        return sum(self.requests_per_phase)
 
     def _check_video_audio(self) -> None:
         for key in ("video_seconds", "video_fps", "audio_seconds"):
@@ -211,8 +307,8 @@ class WorkloadRequest:
     `messages` are OpenAI chat messages: {"role", "content"} where content is a string or a list
     of parts {"type": "text", "text": ...} and {"type": T, T: {"url": ...}} for T in image_url,
     video_url, audio_url; urls are absolute local paths, file:// URLs, http(s) URLs or data: URIs. `arrival_s` is the offset at which
-    the driver sends the request, from the start of the measured phase; warmup requests have
-    arrival 0 and are meant to be sent (and finished) before that phase starts.
+    the driver sends the request, from the start of its phase (`phase`); warmup requests have
+    arrival 0 and are meant to be sent (and finished) before the measured phases start.
     """
 
     id: str
@@ -221,8 +317,14 @@ class WorkloadRequest:
     temperature: float = 0.0
     ignore_eos: bool = False
     seed: int | None = None
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    """Strings that end the request (OpenAI ``stop``); the output text ends before the first one."""
     arrival_s: float = 0.0
     warmup: bool = False
+    phase: int = 0
+    """Index of the load phase the request belongs to (`WorkloadConfig.phase_rates`); 0 with one phase."""
 
 
 WorkloadBuilder = Callable[[WorkloadConfig, Path, Any], list[WorkloadRequest]]

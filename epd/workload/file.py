@@ -108,6 +108,15 @@ def _parse_body(body: Any, cfg: WorkloadConfig, base_dir: Path, default_id: str)
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise WorkloadFileError(f"seed={seed!r}: must be an integer or null")
+    top_k, top_p = body.get("top_k", 0), body.get("top_p", 1.0)
+    if not _is_int(top_k) or top_k < 0:
+        raise WorkloadFileError(f"top_k={top_k!r}: must be an integer >= 0 (0 = off)")
+    if not isinstance(top_p, int | float) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+        raise WorkloadFileError(f"top_p={top_p!r}: must be a number in (0, 1]")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+        raise WorkloadFileError(f"stop={body.get('stop')!r}: must be a non-empty string or a list of them")
     request_id = body.get("id", default_id)
     if not isinstance(request_id, str | int) or isinstance(request_id, bool) or request_id == "":
         raise WorkloadFileError(f"id={request_id!r}: must be a non-empty string")
@@ -118,6 +127,9 @@ def _parse_body(body: Any, cfg: WorkloadConfig, base_dir: Path, default_id: str)
         temperature=float(temperature),
         ignore_eos=ignore_eos,
         seed=seed,
+        top_k=top_k,
+        top_p=float(top_p),
+        stop=stop,
     )
 
 

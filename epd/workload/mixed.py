@@ -25,7 +25,7 @@ from epd.workload.media import MediaSpec
 from epd.workload.random_audio import audio_spec
 from epd.workload.random_image import image_spec
 from epd.workload.random_video import video_spec
-from epd.workload.synthetic import build_synthetic
+from epd.workload.synthetic import build_synthetic, item_count
 
 ItemSpec = Callable[[WorkloadConfig, Path, int, int, int], MediaSpec]
 ITEM_SPECS: dict[str, tuple[str, ItemSpec]] = {  # modality -> (count key, spec of its k-th item)
@@ -52,5 +52,6 @@ def _request_media(cfg: WorkloadConfig, media_dir: Path, kind: int, index: int) 
     specs: list[MediaSpec] = []
     for modality in draw_modalities(cfg, kind, index):
         count_key, item_spec = ITEM_SPECS[modality]
-        specs += [item_spec(cfg, media_dir, kind, index, k) for k in range(getattr(cfg, count_key))]
+        count = item_count(cfg, getattr(cfg, count_key), kind, index, MODALITIES.index(modality))
+        specs += [item_spec(cfg, media_dir, kind, index, k) for k in range(count)]
     return specs

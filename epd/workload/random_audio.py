@@ -16,7 +16,7 @@ from typing import Any
 from epd.workload.arrivals import AUDIO_STREAM
 from epd.workload.base import WorkloadConfig, WorkloadRequest
 from epd.workload.media import AudioSpec, synth_seed
-from epd.workload.synthetic import build_synthetic, format_number, item_tag, media_path
+from epd.workload.synthetic import build_synthetic, format_number, item_count, item_tag, media_path
 
 SAMPLING_RATE = 16000  # what Whisper-style audio towers (Qwen2-Audio, Qwen3-Omni) take in
 
@@ -26,7 +26,9 @@ def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[W
     return build_synthetic(
         cfg,
         tokenizer,
-        lambda kind, index: [audio_spec(cfg, media_dir, kind, index, k) for k in range(cfg.audio_count)],
+        lambda kind, index: [
+            audio_spec(cfg, media_dir, kind, index, k) for k in range(item_count(cfg, cfg.audio_count, kind, index))
+        ],
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from epd.workload.arrivals import IMAGE_STREAM
 from epd.workload.base import WorkloadConfig, WorkloadRequest
 from epd.workload.media import ImageSpec
-from epd.workload.synthetic import MEASURED, POOL, build_synthetic, item_tag, media_path
+from epd.workload.synthetic import MEASURED, POOL, build_synthetic, item_count, item_tag, media_path
 
 FILE_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
 
@@ -28,7 +28,9 @@ def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[W
     return build_synthetic(
         cfg,
         tokenizer,
-        lambda kind, index: [image_spec(cfg, media_dir, kind, index, k) for k in range(cfg.image_count)],
+        lambda kind, index: [
+            image_spec(cfg, media_dir, kind, index, k) for k in range(item_count(cfg, cfg.image_count, kind, index))
+        ],
     )
 
 

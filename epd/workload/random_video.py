@@ -18,7 +18,7 @@ from typing import Any
 from epd.workload.arrivals import VIDEO_STREAM
 from epd.workload.base import WorkloadConfig, WorkloadRequest
 from epd.workload.media import VideoSpec, synth_seed
-from epd.workload.synthetic import build_synthetic, format_number, item_tag, media_path
+from epd.workload.synthetic import build_synthetic, format_number, item_count, item_tag, media_path
 
 
 def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[WorkloadRequest]:
@@ -26,7 +26,9 @@ def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[W
     return build_synthetic(
         cfg,
         tokenizer,
-        lambda kind, index: [video_spec(cfg, media_dir, kind, index, k) for k in range(cfg.video_count)],
+        lambda kind, index: [
+            video_spec(cfg, media_dir, kind, index, k) for k in range(item_count(cfg, cfg.video_count, kind, index))
+        ],
     )
 
 

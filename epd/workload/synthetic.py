@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from epd.workload.arrivals import PROMPT_STREAM, assign_arrivals, seeded_rng
+from epd.workload.arrivals import COUNT_STREAM, PROMPT_STREAM, assign_arrivals, seeded_rng
 from epd.workload.base import WorkloadConfig, WorkloadRequest
 from epd.workload.media import MediaSpec, media_part, write_media
 from epd.workload.text import make_prompt
@@ -25,11 +25,11 @@ SpecsOf = Callable[[int, int], list[MediaSpec]]
 
 
 def build_synthetic(cfg: WorkloadConfig, tokenizer: Any, specs_of: SpecsOf) -> list[WorkloadRequest]:
-    """`warmup_requests` warmup requests, then `num_requests` measured ones, with their media
-    files written and their arrival times set."""
+    """`warmup_requests` warmup requests, then the measured ones (`num_requests`, or the counts of
+    every phase), with their media files written and their arrival times and phases set."""
     requests: list[WorkloadRequest] = []
     specs: list[MediaSpec] = []
-    for kind, count in ((WARMUP, cfg.warmup_requests), (MEASURED, cfg.num_requests)):
+    for kind, count in ((WARMUP, cfg.warmup_requests), (MEASURED, cfg.total_requests)):
         for index in range(count):
             media = specs_of(kind, index)
             specs += media
@@ -57,6 +57,15 @@ def make_request(
         seed=int(rng.integers(2**31)) if cfg.temperature > 0 else None,
         warmup=kind == WARMUP,
     )
+
+
+def item_count(cfg: WorkloadConfig, count: int, kind: int, index: int, *keys: int) -> int:
+    """Items request `index` of `kind` carries of a modality whose count key holds `count`: exactly
+    `count`, or with `cfg.random_count` a seeded uniform draw from 1 to `count` (`keys` tell the
+    modalities of one request apart)."""
+    if not cfg.random_count or count <= 1:
+        return count
+    return int(seeded_rng(cfg.seed, COUNT_STREAM, kind, index, *keys).integers(1, count + 1))
 
 
 def item_tag(kind: int, index: int, k: int) -> str:

@@ -17,7 +17,7 @@ def roles(tiny_qwen25vl):
     family = detect_family(tiny_qwen25vl)
     cpu = torch.device("cpu")
     encoder = family.load_encoder(tiny_qwen25vl, False, cpu, torch.float32)
-    side = family.load_language(tiny_qwen25vl, False, cpu, torch.float32)
+    side = family.load_language(tiny_qwen25vl, False)
     return side, encoder
 
 

@@ -16,6 +16,16 @@ from tests.integration.oracle_utils import reference_tokens
 
 MAX_TOKENS = 8
 TOPOLOGIES = [("colocated", "nccl"), ("1e1p", "shm"), ("2e1p", "zmq")]
+# the language engine's mechanisms, forced on, must not change a token: 1e1p runs with a KV cache far
+# smaller than the concurrent requests need (preemption + recompute) and prefix caching; 2e1p prefills
+# in 16-token chunks and prefills each prompt's text while its items are still encoding
+KV_TOKENS = {"qwen3_omni": 352}
+"""1e1p's KV cache: room for the family's longest request (prompt + output), not for all of them."""
+ENGINE_KNOBS = {
+    "colocated": [],
+    "1e1p": ["engine.block_size=4", "engine.max_batch_tokens=32"],  # + engine.kv_tokens, per family below
+    "2e1p": ["engine.max_batch_tokens=16", "engine.block_size=4", "engine.overlap_encode_prefill=true"],
+}
 
 
 def _text(t: str) -> dict:
@@ -112,12 +122,17 @@ def test_family_equals_transformers(tmp_path, family_case, topology, transfer):
         f"model.path={ckpt}",
         "workload=file",
         f"workload.path={path}",
+        *ENGINE_KNOBS[topology],
+        *([f"engine.kv_tokens={KV_TOKENS.get(family, 160)}"] if topology == "1e1p" else []),
     )
     got = {r["id"]: r for r in read_results(run_dir)["requests"]}
     assert set(got) == set(reference)
     for rid, ref in reference.items():
         assert got[rid]["error"] is None, f"{family}/{rid}: {got[rid]['error']}"
         assert got[rid]["output_token_ids"] == ref, f"{family}/{rid} on {topology}/{transfer}"
+    if topology == "1e1p":
+        assert sum(r["num_preemptions"] for r in got.values()) > 0, "the small KV cache should force preemption"
+        assert sum(r["num_cached_tokens"] for r in got.values()) > 0, "the shared chat prefix should hit"
 
 
 def test_omni_video_with_its_audio_track(tmp_path, media):

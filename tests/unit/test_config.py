@@ -70,7 +70,7 @@ def test_inf_rate_and_roundtrip(tmp_path):
         (["device=cuda"], "no CUDA GPU is visible"),
         (
             ["scheduler.encoder_policy=fastest"],
-            "scheduler.encoder_policy='fastest' is unknown; known: modality, round_robin",
+            "scheduler.encoder_policy='fastest' is unknown; known: cache_affinity, least_loaded, modality, round_robin, split",
         ),
         (["transfer.backend=carrier_pigeon"], "carrier_pigeon"),
         (["model.dtype=int3"], "model.dtype='int3' is not one of"),

@@ -24,6 +24,12 @@ class MetricsLogger(ABC):
     builds a real logger; the others get a `NullLogger`, so no caller branches on rank.
     """
 
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise ValueError for options (or a missing dependency) the logger cannot work with; called
+        when the config is validated, before any process starts. Accepts anything unless overridden."""
+        return
+
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:  # noqa: B027
         """Live scalars at `step` (e.g. seconds into the run); ignored unless overridden."""
 

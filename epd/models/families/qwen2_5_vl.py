@@ -14,10 +14,12 @@ import torch
 from epd.models.base import IMAGE, VIDEO, EncodedItem, ItemMeta, LanguageSide, MediaInput, ModelFamily, TowerEncoder
 from epd.models.families.qwen_common import (
     frame_sampling,
+    generation_eos,
     load_hf_model,
     processor_kwargs,
     run_vision_tower,
     span_types,
+    tied_embeddings,
 )
 from epd.models.registry import FAMILIES
 
@@ -25,48 +27,48 @@ PLACEHOLDER_TEXT = {
     "image": "<|vision_start|><|image_pad|><|vision_end|>",
     "video": "<|vision_start|><|video_pad|><|vision_end|>",
 }
+VISION_KEYS = {"image": ("pixel_values", "image_grid_thw"), "video": ("pixel_values_videos", "video_grid_thw")}
 
 
 class Qwen25Encoder(TowerEncoder):
     modalities = ("image", "video")
 
-    def __init__(self, visual: torch.nn.Module, processor: Any, config: Any, device: torch.device, dtype):
+    def __init__(
+        self, visual: torch.nn.Module, processor: Any, config: Any, device: torch.device, dtype, tower_attention="auto"
+    ):
+        from epd_kernels.tower import prepare_tower
+
         self.visual = visual
         self.processor = processor
         self.device = device
         self.dtype = dtype
         self.type_of = {config.image_token_id: IMAGE, config.video_token_id: VIDEO}
+        self.tower_attention = prepare_tower(visual, tower_attention, device, dtype)
 
     def frame_sampling(self, media: Any) -> Any:
         return frame_sampling(self.processor.video_processor, media)
 
     @torch.inference_mode()
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
+        """All images and videos of the call go through the tower in one packed call."""
         feats = [
             self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **processor_kwargs(inp))
             for inp in inputs
         ]
-        out: list[EncodedItem | None] = [None] * len(inputs)
-        for modality, pix_key, grid_key in (
-            ("image", "pixel_values", "image_grid_thw"),
-            ("video", "pixel_values_videos", "video_grid_thw"),
-        ):
-            idx = [i for i, inp in enumerate(inputs) if inp.modality == modality]
-            if not idx:
-                continue
-            grids = [feats[i][grid_key] for i in idx]
-            tower, counts = run_vision_tower(
-                self.visual, [feats[i][pix_key] for i in idx], grids, self.device, self.dtype
+        keys = [VISION_KEYS[inp.modality] for inp in inputs]  # (pixels, grid) keys of each item's features
+        grids = [feat[grid_key] for feat, (_, grid_key) in zip(feats, keys, strict=True)]
+        pixels = [feat[pix_key] for feat, (pix_key, _) in zip(feats, keys, strict=True)]
+        tower, counts = run_vision_tower(self.visual, pixels, grids, self.device, self.dtype)
+        out = []
+        for k, (inp, feat, embeds) in enumerate(zip(inputs, feats, tower.pooler_output.split(counts), strict=True)):
+            ids = feat["input_ids"][0].tolist()
+            meta = ItemMeta(
+                modality=inp.modality,
+                token_ids=ids,
+                token_types=span_types(ids, self.type_of),
+                info=self._info(feat, grids[k]),
             )
-            for i, grid, embeds in zip(idx, grids, tower.pooler_output.split(counts), strict=True):
-                ids = feats[i]["input_ids"][0].tolist()
-                meta = ItemMeta(
-                    modality=modality,
-                    token_ids=ids,
-                    token_types=span_types(ids, self.type_of),
-                    info=self._info(feats[i], grid),
-                )
-                out[i] = EncodedItem(meta=meta, tensors={"embeds": embeds, **self._extra(tower, idx.index(i), counts)})
+            out.append(EncodedItem(meta=meta, tensors={"embeds": embeds, **self._extra(tower, k, counts)}))
         return out
 
     def _info(self, feat: Any, grid: torch.Tensor) -> dict[str, Any]:
@@ -81,39 +83,52 @@ class Qwen25Encoder(TowerEncoder):
 
 
 class Qwen25Language(LanguageSide):
-    def __init__(self, model: Any) -> None:
-        inner = model.model
-        inner.visual = None  # the tower lives on the encoders
-        self._inner = inner  # get_rope_index reads only the config
-        self.text_model = inner.language_model
-        self.lm_head = model.lm_head
-        cfg = model.config
+    """Qwen2.5-VL and Qwen3-VL (dense, MoE): spans from the config's token ids, positions from the grids."""
+
+    def __init__(self, ckpt: Path, random_init: bool, config: Any) -> None:
+        from epd.language.models import DecoderSpec
+
+        text = config.text_config
+        qwen3 = config.model_type.startswith("qwen3")
+        self.spec = DecoderSpec.from_hf_config(
+            text,
+            rope_style="interleaved" if qwen3 else "sectioned",
+            qk_norm=qwen3,
+            qkv_bias=bool(getattr(text, "attention_bias", False)) if qwen3 else True,
+            tie=tied_embeddings(config, text),
+        )
+        self.weights = None if random_init else ckpt
+        self.hf_config = config  # what the rope positions read (grids, merge size, token ids)
         self._spans = {
-            "image": [cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id],
-            "video": [cfg.vision_start_token_id, cfg.video_token_id, cfg.vision_end_token_id],
+            "image": [config.vision_start_token_id, config.image_token_id, config.vision_end_token_id],
+            "video": [config.vision_start_token_id, config.video_token_id, config.vision_end_token_id],
         }
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = generation_eos(ckpt)
 
     def placeholder_span(self, modality: str) -> list[int]:
         return self._spans[modality]
 
     def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, int]:
+        """transformers' ``get_rope_index``, vectorised (``epd_kernels.rope_index``); reads only ``hf_config``."""
+        from epd_kernels.rope_index import qwen_vl_rope_index
+
         if not items:
             return torch.arange(ids.numel()).expand(3, -1), 0
-        images = [it.info["grid_thw"] for it in items if it.modality == "image"]
+        cfg = self.hf_config
         videos = [it for it in items if it.modality == "video"]
-        timing = {}  # Qwen2.5-VL spaces video time by seconds per grid; Qwen3-VL writes timestamps instead
-        if videos and "second_per_grid" in videos[0].info:
-            timing["second_per_grid_ts"] = torch.tensor([v.info["second_per_grid"] for v in videos])
-        pos, delta = self._inner.get_rope_index(
-            ids[None],
-            mm_token_type_ids=types[None],
-            image_grid_thw=torch.tensor(images) if images else None,
-            video_grid_thw=torch.tensor([v.info["grid_thw"] for v in videos]) if videos else None,
-            **timing,
+        qwen3 = cfg.model_type.startswith("qwen3")  # Qwen3-VL: per-frame timestamps instead of time positions
+        intervals = None
+        if not qwen3:  # Qwen2.5-VL: tokens_per_second * seconds per grid, rounded to float32 as transformers does
+            steps = torch.tensor([v.info.get("second_per_grid", 1.0) for v in videos], dtype=torch.float32)
+            intervals = (steps * cfg.vision_config.tokens_per_second).tolist()
+        return qwen_vl_rope_index(
+            types,
+            [it.info["grid_thw"] for it in items if it.modality == "image"],
+            [v.info["grid_thw"] for v in videos],
+            cfg.vision_config.spatial_merge_size,
+            video_intervals=intervals,
+            frames_apart=qwen3,
         )
-        return pos[:, 0], int(delta.item())
 
 
 @FAMILIES.register("qwen2_5_vl")
@@ -122,11 +137,16 @@ class Qwen25VL(ModelFamily):
     architectures = ("Qwen2_5_VLForConditionalGeneration",)
     modalities = ("image", "video")
 
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+    def load_encoder(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> TowerEncoder:
         from transformers import AutoProcessor
 
         model = load_hf_model(ckpt, random_init, device, dtype)
-        return Qwen25Encoder(model.model.visual, AutoProcessor.from_pretrained(ckpt), model.config, device, dtype)
+        processor = AutoProcessor.from_pretrained(ckpt)
+        return Qwen25Encoder(model.model.visual, processor, model.config, device, dtype, tower_attention)
 
-    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
-        return Qwen25Language(load_hf_model(ckpt, random_init, device, dtype))
+    def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
+        from transformers import AutoConfig
+
+        return Qwen25Language(ckpt, random_init, AutoConfig.from_pretrained(ckpt))

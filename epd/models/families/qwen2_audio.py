@@ -13,7 +13,13 @@ from typing import Any
 import torch
 
 from epd.models.base import AUDIO, EncodedItem, ItemMeta, LanguageSide, MediaInput, ModelFamily, TowerEncoder
-from epd.models.families.qwen_common import load_hf_model, processor_kwargs, span_types
+from epd.models.families.qwen_common import (
+    generation_eos,
+    load_hf_model,
+    processor_kwargs,
+    span_types,
+    tied_embeddings,
+)
 from epd.models.registry import FAMILIES
 
 PLACEHOLDER_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -22,8 +28,14 @@ PLACEHOLDER_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 class Qwen2AudioEncoder(TowerEncoder):
     modalities = ("audio",)
 
-    def __init__(self, model: Any, processor: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: Any, processor: Any, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> None:
+        from epd_kernels.tower import prepare_tower
+
         self.tower = model.model.audio_tower
+        # padded 30 s windows with a mask: epd's attention falls back to SDPA for them (no cu_seqlens)
+        self.tower_attention = prepare_tower(self.tower, tower_attention, device, dtype)
         self.projector = model.model.multi_modal_projector
         self.processor = processor
         self.device = device
@@ -53,14 +65,18 @@ class Qwen2AudioEncoder(TowerEncoder):
 
 
 class Qwen2AudioLanguage(LanguageSide):
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.text_model = model.model.language_model  # Qwen2Model
-        self.lm_head = model.lm_head
+    def __init__(self, ckpt: Path, random_init: bool, config: Any, tokenizer: Any) -> None:
+        from epd.language.models import DecoderSpec
+
+        text = config.text_config  # Qwen2
+        self.spec = DecoderSpec.from_hf_config(
+            text, rope_style="1d", qk_norm=False, qkv_bias=True, tie=tied_embeddings(config, text)
+        )
+        self.weights = None if random_init else ckpt
+        self.hf_config = config
         # config.json names only the pad token; the span's bos/eos ids come from the tokenizer (start-up only)
         self._span = tokenizer.convert_tokens_to_ids(["<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"])
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        model.model.audio_tower = model.model.multi_modal_projector = None  # the tower lives on the encoders
+        self.eos_token_ids = generation_eos(ckpt)
 
     def placeholder_span(self, modality: str) -> list[int]:
         return self._span
@@ -81,14 +97,17 @@ class Qwen2Audio(ModelFamily):
 
         return load_hf_model(ckpt, random_init, device, dtype, Qwen2AudioForConditionalGeneration)
 
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+    def load_encoder(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> TowerEncoder:
         from transformers import AutoProcessor
 
-        return Qwen2AudioEncoder(
-            self._load(ckpt, random_init, device, dtype), AutoProcessor.from_pretrained(ckpt), device, dtype
+        model = self._load(ckpt, random_init, device, dtype)
+        return Qwen2AudioEncoder(model, AutoProcessor.from_pretrained(ckpt), device, dtype, tower_attention)
+
+    def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
+        from transformers import AutoConfig, AutoTokenizer
+
+        return Qwen2AudioLanguage(
+            ckpt, random_init, AutoConfig.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
         )
-
-    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
-        from transformers import AutoTokenizer
-
-        return Qwen2AudioLanguage(self._load(ckpt, random_init, device, dtype), AutoTokenizer.from_pretrained(ckpt))

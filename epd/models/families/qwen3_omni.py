@@ -26,7 +26,16 @@ from epd.models.base import (
     ModelFamily,
     TowerEncoder,
 )
-from epd.models.families.qwen_common import frame_sampling, load_hf_model, processor_kwargs, span_types
+from epd.models.families.qwen_common import (
+    cat_to_device,
+    frame_sampling,
+    generation_eos,
+    load_hf_model,
+    processor_kwargs,
+    run_vision_tower,
+    span_types,
+    tied_embeddings,
+)
 from epd.models.registry import FAMILIES
 
 PLACEHOLDER_TEXT = {
@@ -34,6 +43,7 @@ PLACEHOLDER_TEXT = {
     "video": "<|vision_start|><|video_pad|><|vision_end|>",
     "audio": "<|audio_start|><|audio_pad|><|audio_end|>",
 }
+VISION_KEYS = {"image": ("pixel_values", "image_grid_thw"), "video": ("pixel_values_videos", "video_grid_thw")}
 
 
 def _model_class() -> Any:
@@ -46,7 +56,11 @@ class OmniEncoder(TowerEncoder):
     modalities = ("image", "video", "audio")
     audio_in_video = True
 
-    def __init__(self, thinker: Any, processor: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, thinker: Any, processor: Any, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> None:
+        from epd_kernels.tower import prepare_tower
+
         self.inner = thinker.model
         self.processor = processor
         self.device = device
@@ -54,38 +68,71 @@ class OmniEncoder(TowerEncoder):
         self.audio_sampling_rate = processor.feature_extractor.sampling_rate
         cfg = thinker.config
         self.type_of = {cfg.image_token_id: IMAGE, cfg.video_token_id: VIDEO, cfg.audio_token_id: AUDIO}
+        self.n_window = cfg.audio_config.n_window
+        self.tower_attention = prepare_tower(self.inner.visual, tower_attention, device, dtype)
+        prepare_tower(self.inner.audio_tower, tower_attention, device, dtype)
 
     def frame_sampling(self, media: Any) -> Any:
         return frame_sampling(self.processor.video_processor, media)
 
     @torch.inference_mode()
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
+        """One packed vision call for the images and videos, one packed audio call for the clips and
+        the videos' audio tracks."""
+        feats = [
+            self.processor(text=[PLACEHOLDER_TEXT[i.modality]], return_tensors="pt", **self._kwargs(i)) for i in inputs
+        ]
+        tensors: list[dict[str, torch.Tensor]] = [{} for _ in inputs]
+        infos: list[dict[str, Any]] = [{} for _ in inputs]
+        seen = [k for k, inp in enumerate(inputs) if inp.modality in ("image", "video")]
+        if seen:
+            keys = [VISION_KEYS[inputs[k].modality] for k in seen]
+            grids = [feats[k][grid_key] for k, (_, grid_key) in zip(seen, keys, strict=True)]
+            pixels = [feats[k][pix_key] for k, (pix_key, _) in zip(seen, keys, strict=True)]
+            vis, counts = run_vision_tower(self.inner.visual, pixels, grids, self.device, self.dtype)
+            deep = torch.stack(list(vis.deepstack_features))  # [k, sum tokens, H]
+            for k, grid, embeds, layers in zip(
+                seen, grids, vis.pooler_output.split(counts), deep.split(counts, dim=1), strict=True
+            ):
+                tensors[k].update(embeds=embeds, deepstack=layers)
+                infos[k]["grid_thw"] = grid[0].tolist()
+                if inputs[k].modality == "video":
+                    infos[k]["second_per_grid"] = float(feats[k]["video_second_per_grid"][0])
+        heard = [k for k, feat in enumerate(feats) if "input_features" in feat]  # audio clips and videos' tracks
+        if heard:
+            for k, audio in zip(heard, self._audio([feats[k] for k in heard]), strict=True):
+                tensors[k]["embeds" if inputs[k].modality == "audio" else "audio_embeds"] = audio
+                infos[k]["audio_seqlen"] = int(feats[k]["feature_attention_mask"].sum())
+                infos[k]["audio_in_video"] = inputs[k].modality == "video"
         out = []
-        for inp in inputs:  # one item per tower call; cross-item packing comes with encoder batching
-            feat = self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **self._kwargs(inp))
+        for inp, feat, item_tensors, info in zip(inputs, feats, tensors, infos, strict=True):
             ids = feat["input_ids"][0].tolist()
-            tensors: dict[str, torch.Tensor] = {}
-            info: dict[str, Any] = {}
-            if inp.modality in ("image", "video"):
-                key = "image" if inp.modality == "image" else "video"
-                pix = feat["pixel_values" if key == "image" else "pixel_values_videos"].to(self.device, self.dtype)
-                grid = feat[f"{key}_grid_thw"]
-                vis = self.inner.visual(pix, grid_thw=grid.to(self.device))
-                tensors["embeds"] = vis.pooler_output
-                tensors["deepstack"] = torch.stack(list(vis.deepstack_features))
-                info["grid_thw"] = grid[0].tolist()
-                if key == "video":
-                    info["second_per_grid"] = float(feat["video_second_per_grid"][0])
-            if "input_features" in feat:  # an audio clip, or a video's own audio track
-                mask = feat["feature_attention_mask"]
-                audio = self.inner.get_audio_features(
-                    feat["input_features"].to(self.device, self.dtype), mask.to(self.device)
-                ).last_hidden_state
-                tensors["embeds" if inp.modality == "audio" else "audio_embeds"] = audio
-                info["audio_seqlen"] = int(mask.sum())
-                info["audio_in_video"] = inp.modality == "video"
             meta = ItemMeta(modality=inp.modality, token_ids=ids, token_types=span_types(ids, self.type_of), info=info)
-            out.append(EncodedItem(meta=meta, tensors=tensors))
+            out.append(EncodedItem(meta=meta, tensors=item_tensors))
+        return out
+
+    def _audio(self, feats: list[Any]) -> list[torch.Tensor]:
+        """The audio tower over several items, packed end to end (mel frames without padding).
+
+        The tower cuts each clip into chunks of 2 * n_window frames and pads every chunk of the call
+        to the longest one; a clip shorter than one chunk would see more padding with longer batch-mates
+        (its last tokens change), so such clips go in calls of their own length: every item's
+        embeddings are what it gets alone."""
+        from epd_kernels.rope_index import omni_audio_tokens
+
+        mels = [f["input_features"][0][:, f["feature_attention_mask"][0].bool()] for f in feats]  # [mel, frames_i]
+        chunk = 2 * self.n_window
+        groups: dict[int, list[int]] = {}
+        for k, mel in enumerate(mels):
+            groups.setdefault(min(mel.shape[1], chunk), []).append(k)
+        out: list[torch.Tensor | None] = [None] * len(mels)
+        for members in groups.values():
+            lens = [mels[k].shape[1] for k in members]
+            features = cat_to_device([mels[k].T for k in members], self.device).T.to(self.dtype)  # [mel, sum frames]
+            lengths = torch.tensor(lens, device=self.device)
+            hidden = self.inner.audio_tower(features, feature_lens=lengths).last_hidden_state  # [sum tokens, H]
+            for k, h in zip(members, hidden.split([omni_audio_tokens(n, self.n_window) for n in lens]), strict=True):
+                out[k] = h
         return out
 
     @staticmethod
@@ -103,37 +150,50 @@ class OmniEncoder(TowerEncoder):
 
 
 class OmniLanguage(LanguageSide):
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        thinker = model.thinker
-        inner = thinker.model
-        inner.visual = inner.audio_tower = None  # the towers live on the encoders
-        self._thinker = thinker  # get_rope_index reads only the config
-        self.text_model = inner.language_model
-        self.lm_head = thinker.lm_head
+    def __init__(self, ckpt: Path, random_init: bool, config: Any, tokenizer: Any) -> None:
+        from epd.language.models import DecoderSpec
+
+        thinker = config.thinker_config
+        text = thinker.text_config  # Qwen3-MoE
+        self.spec = DecoderSpec.from_hf_config(
+            text,
+            rope_style="interleaved",
+            qk_norm=True,
+            qkv_bias=bool(getattr(text, "attention_bias", False)),
+            tie=tied_embeddings(thinker, text),
+        )
+        self.weights = None if random_init else ckpt
+        self.hf_config = thinker  # what the rope positions read (grids, merge size, token ids)
         # not every span token is named in the thinker config: read them off the tokenizer (start-up only)
         self._spans = {m: tokenizer(t, add_special_tokens=False)["input_ids"] for m, t in PLACEHOLDER_TEXT.items()}
-        eos = model.generation_config.eos_token_id
-        self.eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = generation_eos(ckpt)
 
     def placeholder_span(self, modality: str) -> list[int]:
         return self._spans[modality]
 
     def positions(self, ids: torch.Tensor, types: torch.Tensor, items: list[ItemMeta]) -> tuple[torch.Tensor, float]:
+        """The thinker's ``get_rope_index``, vectorised (``epd_kernels.rope_index``); reads only ``hf_config``."""
+        from epd_kernels.rope_index import OmniItem, omni_rope_index
+
         if not items:
             return torch.arange(ids.numel()).expand(3, -1), 0
-        images = [it.info["grid_thw"] for it in items if it.modality == "image"]
-        videos = [it for it in items if it.modality == "video"]
-        audio_lens = [it.info["audio_seqlen"] for it in items if "audio_seqlen" in it.info]
-        pos, delta = self._thinker.get_rope_index(
-            ids[None],
-            image_grid_thw=torch.tensor(images) if images else None,
-            video_grid_thw=torch.tensor([v.info["grid_thw"] for v in videos]) if videos else None,
-            attention_mask=torch.ones(1, ids.numel(), dtype=torch.long),
-            use_audio_in_video=any(v.info.get("audio_in_video") for v in videos),
-            audio_seqlens=torch.tensor(audio_lens) if audio_lens else None,
-            second_per_grids=torch.tensor([v.info["second_per_grid"] for v in videos]) if videos else None,
+        cfg = self.hf_config
+        rope_items = [
+            OmniItem(
+                modality=it.modality,
+                grid_thw=tuple(it.info["grid_thw"]) if "grid_thw" in it.info else None,
+                second_per_grid=it.info.get("second_per_grid"),
+                audio_seqlen=it.info.get("audio_seqlen"),
+            )
+            for it in items
+        ]
+        return omni_rope_index(
+            types,
+            rope_items,
+            cfg.vision_config.spatial_merge_size,
+            cfg.position_id_per_seconds,
+            cfg.audio_config.n_window,
         )
-        return pos[:, 0], float(delta.item())
 
 
 @FAMILIES.register("qwen3_omni")
@@ -142,14 +202,15 @@ class Qwen3Omni(ModelFamily):
     architectures = ("Qwen3OmniMoeForConditionalGeneration",)
     modalities = ("image", "video", "audio")
 
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+    def load_encoder(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> TowerEncoder:
         from transformers import AutoProcessor
 
         model = load_hf_model(ckpt, random_init, device, dtype, _model_class())
-        return OmniEncoder(model.thinker, AutoProcessor.from_pretrained(ckpt), device, dtype)
+        return OmniEncoder(model.thinker, AutoProcessor.from_pretrained(ckpt), device, dtype, tower_attention)
 
-    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
-        from transformers import AutoTokenizer
+    def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
+        from transformers import AutoConfig, AutoTokenizer
 
-        model = load_hf_model(ckpt, random_init, device, dtype, _model_class())
-        return OmniLanguage(model, AutoTokenizer.from_pretrained(ckpt))
+        return OmniLanguage(ckpt, random_init, AutoConfig.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt))

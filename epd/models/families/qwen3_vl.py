@@ -34,11 +34,16 @@ class Qwen3VL(ModelFamily):
     architectures = ("Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration")
     modalities = ("image", "video")
 
-    def load_encoder(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> TowerEncoder:
+    def load_encoder(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+    ) -> TowerEncoder:
         from transformers import AutoProcessor
 
         model = load_hf_model(ckpt, random_init, device, dtype)
-        return Qwen3VLEncoder(model.model.visual, AutoProcessor.from_pretrained(ckpt), model.config, device, dtype)
+        processor = AutoProcessor.from_pretrained(ckpt)
+        return Qwen3VLEncoder(model.model.visual, processor, model.config, device, dtype, tower_attention)
 
-    def load_language(self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> LanguageSide:
-        return Qwen25Language(load_hf_model(ckpt, random_init, device, dtype))
+    def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
+        from transformers import AutoConfig
+
+        return Qwen25Language(ckpt, random_init, AutoConfig.from_pretrained(ckpt))

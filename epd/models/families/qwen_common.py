@@ -24,6 +24,26 @@ def load_hf_model(ckpt: Path, random_init: bool, device: torch.device, dtype: to
     return model.eval()
 
 
+def generation_eos(ckpt: Path) -> list[int]:
+    """End-of-sequence ids of the checkpoint's generation config (none when it sets none)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(ckpt).eos_token_id
+    except OSError:  # no generation_config.json
+        return []
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+def tied_embeddings(*configs: Any) -> bool:
+    """Whether lm_head shares the embedding table: the first config that says so decides."""
+    for cfg in configs:
+        tie = getattr(cfg, "tie_word_embeddings", None)
+        if tie is not None:
+            return bool(tie)
+    return False
+
+
 def processor_kwargs(inp: MediaInput) -> dict[str, Any]:
     """Keyword arguments that hand one decoded item to a Qwen processor."""
     if inp.modality == "image":
@@ -45,12 +65,27 @@ def span_types(token_ids: list[int], type_of: dict[int, int]) -> list[int]:
 
 
 def run_vision_tower(visual: torch.nn.Module, pixels: list[torch.Tensor], grids: list[torch.Tensor], device, dtype):
-    """One packed tower call over several items; returns the output object and per-item token counts."""
+    """One packed tower call over several items (images and videos alike); returns the output object
+    and per-item token counts. On epd's tower path the grid-derived indexing is built on the host."""
+    from epd_kernels.tower import uses_epd_path, vision_tower_kwargs
+
     grid_thw = torch.cat(grids)  # [n_items, 3]
-    pixel_values = torch.cat(pixels).to(device, dtype)  # [sum(t*h*w), C*T*P*P]
-    out = visual(pixel_values, grid_thw=grid_thw.to(device))
+    pixel_values = cat_to_device(pixels, device).to(dtype)  # [sum(t*h*w), C*T*P*P]
+    kwargs = vision_tower_kwargs(visual, grid_thw, device) if uses_epd_path(visual) else {}
+    out = visual(pixel_values, grid_thw=grid_thw.to(device), **kwargs)
     counts = (grid_thw.prod(-1) // visual.spatial_merge_size**2).tolist()
     return out, counts
+
+
+def cat_to_device(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Host tensors concatenated on dim 0, on ``device``; to a GPU through one pinned buffer, so the
+    copy runs at the link's rate and does not wait for the host."""
+    if device.type != "cuda":
+        return torch.cat(tensors).to(device)
+    first = tensors[0]
+    staged = torch.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, pin_memory=True)
+    torch.cat(tensors, out=staged)
+    return staged.to(device, non_blocking=True)
 
 
 def frame_sampling(video_processor: Any, media: Any) -> Any:

@@ -1,5 +1,5 @@
-"""``round_robin``: items go to the encoders in turn, across requests (skipping encoders that do
-not take an item's modality)."""
+"""``round_robin``: requests go to the encoders in turn; all items of a request stay together
+(an item whose modality that encoder does not take goes to the next one in turn that does)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,19 @@ from epd.scheduler.base import EncoderPolicy, MediaItemInfo
 
 @ENCODER_POLICIES.register("round_robin")
 class RoundRobin(EncoderPolicy):
-    def __init__(self, encoders: dict[int, tuple[str, ...]]) -> None:
-        super().__init__(encoders)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self._turn = 0
 
-    def assign(self, items: list[MediaItemInfo]) -> list[int]:
-        ranks = []
+    def choose(self, items: list[MediaItemInfo]) -> list[int]:
         order = list(self.encoders)
+        start = self._turn
+        self._turn += 1
+        ranks = []
         for item in items:
-            for _ in range(len(order)):
-                rank = order[self._turn % len(order)]
-                self._turn += 1
-                if item.modality in self.encoders[rank]:
-                    ranks.append(rank)
-                    break
-            else:
-                raise ValueError(f"no encoder takes {item.modality}")
+            self.candidates(item.modality)  # raises when no encoder takes it
+            turn = start
+            while item.modality not in self.encoders[order[turn % len(order)]]:
+                turn += 1
+            ranks.append(order[turn % len(order)])
         return ranks

@@ -1,0 +1,363 @@
+"""Language-engine benchmark: epd vs transformers ``generate`` vs the hardware floor, in one run.
+
+    python -m epd.bench.engine                 # GPU: Qwen2.5-7B shape, random weights, bf16
+    python -m epd.bench.engine --quick         # smaller sizes (a smoke run; CPU works too)
+
+Rows: decode time per output token at batch 1 and 32, prefill of 16k tokens, most concurrent
+sequences at 8k context. Floors are measured in the same run: a large device-to-device copy gives
+the memory rate (weights read once per decode step), an 8192³ bf16 matmul the compute rate.
+Before timing, a correctness check: transformers and epd, same random weights, greedy tokens and
+the first-token logits' relative error (both bf16, and each against a float32 run of the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from epd.language import EngineConfig, LanguageEngine
+from epd.language.models import DecoderSpec
+from epd.models.base import LanguageSide
+from epd.protocol import NewRequest, SamplingParams
+
+
+class TextSide(LanguageSide):
+    """A text-only language side over a bare decoder spec (no media, no checkpoint)."""
+
+    def __init__(self, spec: DecoderSpec) -> None:
+        self.spec = spec
+        self.weights = None
+        self.hf_config = None
+        self.eos_token_ids = []
+
+    def placeholder_span(self, modality: str) -> list[int]:
+        raise ValueError("text only")
+
+    def positions(self, ids, types, items):
+        raise ValueError("text only")
+
+
+def qwen25_7b_config(layers: int | None = None) -> Any:
+    """Qwen2.5-7B's text model (= Qwen2.5-VL-7B's language model)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=layers or 28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+        initializer_range=0.02,
+    )
+
+
+def cast_params(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast parameters only (``Module.to`` would also cast rope's float32 buffers)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
+def sync_time(fn: Callable[[], Any], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+# ---- floors ----------------------------------------------------------------------------------------
+
+
+def measure_ceilings(device: torch.device) -> tuple[float, float]:
+    """(bytes/s of a device copy counting read + write, bf16 matmul FLOP/s), medians of timed runs."""
+    if device.type != "cuda":
+        return float("nan"), float("nan")
+    from triton.testing import do_bench
+
+    src = torch.randn(2**29, device=device, dtype=torch.bfloat16)  # 1 GiB
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    bw = 2 * src.numel() * src.element_size() / (copy_ms * 1e-3)
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm_ms = do_bench(lambda: a @ b, warmup=25, rep=200, return_mode="median")
+    flops = 2 * 8192**3 / (mm_ms * 1e-3)
+    torch.cuda.empty_cache()
+    return bw, flops
+
+
+# ---- transformers ----------------------------------------------------------------------------------
+
+
+def hf_generate(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+
+
+def hf_tpot(model, batch: int, prompt: int, new: int, device) -> float:
+    ids = torch.randint(0, 150000, (batch, prompt), device=device)
+    t1 = min(sync_time(lambda: hf_generate(model, ids, 1), device) for _ in range(2))
+    tn = min(sync_time(lambda: hf_generate(model, ids, new + 1), device) for _ in range(2))
+    return (tn - t1) / new
+
+
+def hf_prefill(model, tokens: int, device) -> float:
+    ids = torch.randint(0, 150000, (1, tokens), device=device)
+    hf_generate(model, ids, 1)
+    return statistics.median(sync_time(lambda: hf_generate(model, ids, 1), device) for _ in range(3))
+
+
+def hf_max_concurrent(model, context: int, device, budget: float) -> float:
+    """Sequences of ``context`` tokens one ``generate`` batch holds: the peak memory of batches of 1
+    and 2 extrapolated to ``budget`` bytes (transformers keeps no paged cache)."""
+    peaks = []
+    for batch in (1, 2):
+        ids = torch.randint(0, 150000, (batch, context), device=device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        hf_generate(model, ids, 2)
+        peaks.append(torch.cuda.max_memory_allocated(device))
+    per_seq = peaks[1] - peaks[0]
+    return (budget - (peaks[0] - per_seq)) / per_seq
+
+
+# ---- epd -------------------------------------------------------------------------------------------
+
+
+def epd_run(engine: LanguageEngine, prompts: list[list[int]], new: int) -> tuple[dict[str, list[int]], list[float]]:
+    """Serve ``prompts`` (all at once); tokens per request and the wall time of every step."""
+    for i, ids in enumerate(prompts):
+        engine.add_request(
+            NewRequest(
+                request_id=f"b{i}",
+                prompt_token_ids=ids,
+                items=[],
+                sampling=SamplingParams(max_tokens=new, ignore_eos=True),
+            )
+        )
+    tokens: dict[str, list[int]] = {}
+    times = []
+    while engine.has_work:
+        start = time.perf_counter()
+        outs = engine.step()  # returns after the step's tokens reached the host
+        times.append(time.perf_counter() - start)
+        for out in outs:
+            tokens.setdefault(out.request_id, []).extend(out.token_ids)
+    return tokens, times
+
+
+def epd_tpot(engine: LanguageEngine, batch: int, prompt: int, new: int) -> float:
+    prompts = [torch.randint(0, 150000, (prompt,)).tolist() for _ in range(batch)]
+    epd_run(engine, prompts, 4)  # warm
+    _, times = epd_run(engine, prompts, new + 1)
+    return statistics.median(times[1:])  # every step after the prefill step decodes the whole batch
+
+
+def epd_prefill(engine: LanguageEngine, tokens: int) -> float:
+    prompts = [torch.randint(0, 150000, (tokens,)).tolist()]
+    epd_run(engine, prompts, 1)
+    runs = []
+    for _ in range(3):
+        prompts = [torch.randint(0, 150000, (tokens,)).tolist()]  # fresh ids: no prefix-cache hit
+        _, times = epd_run(engine, prompts, 1)
+        runs.append(sum(times))
+    return statistics.median(runs)
+
+
+def capture_logits(engine: LanguageEngine) -> list[torch.Tensor]:
+    """Record the logits every step samples from (the correctness check reads the first token's)."""
+    seen: list[torch.Tensor] = []
+    sample = engine.runner._sample
+
+    def recording(logits, seqs):
+        seen.append(logits.detach().float().cpu())
+        return sample(logits, seqs)
+
+    engine.runner._sample = recording
+    return seen
+
+
+def _agree(a: list[int], b: list[int]) -> str:
+    """Leading tokens in common, of all."""
+    if not b:
+        return "-"
+    n = next((j for j, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(b))
+    return f"{n}/{len(b)}"
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor | None) -> str:
+    return f"{((a - ref).norm() / ref.norm()).item():.2e}" if ref is not None else "-"
+
+
+def print_correctness(prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens) -> None:
+    """Greedy agreement (leading tokens equal) and first-token logit errors, per check prompt."""
+    print("\ncorrectness (same random weights; leading greedy tokens equal, of 16):")
+    print(
+        "| prompt | epd = HF (bf16) | HF bf16 = HF fp32 | epd fp32 = HF fp32 | logits rel. err. epd vs HF (bf16) | epd bf16 vs fp32 | HF bf16 vs fp32 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for i, ids in enumerate(prompts):
+        logits, tokens = checks[i]
+        f32 = fp32_logits[i] if fp32_logits else None
+        f32_tokens = fp32_tokens[i] if fp32_tokens else []
+        print(
+            f"| {len(ids)} tokens | {_agree(tokens, hf_tokens[i])} | {_agree(hf_tokens[i], f32_tokens)} "
+            f"| {_agree(epd32_tokens.get(f'b{i}', []), f32_tokens) if epd32_tokens else '-'} "
+            f"| {_rel(logits, hf_logits[i])} | {_rel(logits, f32)} | {_rel(hf_logits[i], f32)} |"
+        )
+
+
+# ---- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2 layers and short sequences (smoke run)")
+    parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    quick = args.quick or device.type != "cuda"
+    layers = args.layers or (2 if quick else None)
+    prompt, new, prefill_tokens, context = (64, 16, 1024, 1024) if quick else (128, 128, 16384, 8192)
+    torch.manual_seed(0)
+
+    bw, flops = measure_ceilings(device)
+    from transformers import Qwen2ForCausalLM
+
+    hf_cfg = qwen25_7b_config(layers)
+    with torch.device(device):  # built in dtype: a later .to(bf16) would also round rope's inv_freq buffer
+        hf = Qwen2ForCausalLM._from_config(hf_cfg, dtype=dtype).eval()
+    assert hf.model.rotary_emb.inv_freq.dtype == torch.float32
+    spec = DecoderSpec.from_hf_config(hf_cfg, rope_style="1d", qk_norm=False, qkv_bias=True, tie=False)
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    kv_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.finfo(dtype).bits // 8
+    print(
+        f"model: Qwen2.5-7B shape, {spec.num_layers} layers, {weight_bytes / 1e9:.2f} GB of weights, {dtype}",
+        flush=True,
+    )
+
+    # correctness prompts and transformers' answers (bf16 and float32 first-token logits)
+    gen = torch.Generator().manual_seed(1)
+    lengths = (16, 100, 500, 2000) if not quick else (16, 100)
+    check_prompts = [torch.randint(0, 150000, (n,), generator=gen).tolist() for n in lengths]
+    hf_tokens, hf_logits, fp32_tokens, fp32_logits = [], [], [], []
+    for ids in check_prompts:
+        x = torch.tensor([ids], device=device)
+        hf_tokens.append(hf_generate(hf, x, 16)[0, len(ids) :].tolist())
+        with torch.inference_mode():
+            hf_logits.append(hf(x, logits_to_keep=1).logits[0, -1].float().cpu())
+    if device.type == "cuda":
+        cast_params(hf, torch.float32)
+        with torch.inference_mode():
+            for ids in check_prompts:
+                x = torch.tensor([ids], device=device)
+                fp32_logits.append(hf(x, logits_to_keep=1).logits[0, -1].float().cpu())
+                fp32_tokens.append(hf_generate(hf, x, 16)[0, len(ids) :].tolist())
+        cast_params(hf, dtype)
+
+    # transformers' timings
+    budget = torch.cuda.get_device_properties(device).total_memory * 0.9 if device.type == "cuda" else float("nan")
+    base = {
+        "decode b1": hf_tpot(hf, 1, prompt, new, device),
+        "decode b32": hf_tpot(hf, 32, prompt, new, device),
+        f"prefill {prefill_tokens}": hf_prefill(hf, prefill_tokens, device),
+        f"concurrent @{context}": hf_max_concurrent(hf, context, device, budget)
+        if device.type == "cuda"
+        else float("nan"),
+    }
+    print("transformers done", {k: round(v, 4) for k, v in base.items()}, flush=True)
+    state = {name: p.detach().to("cpu") for name, p in hf.named_parameters()}
+    del hf
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # epd: same weights
+    cfg = EngineConfig(max_batch_tokens=max(prefill_tokens, 8192), max_num_seqs=256)
+    engine = LanguageEngine(TextSide(spec), cfg, device, dtype, tensors=((k, v.to(device)) for k, v in state.items()))
+    engine.warm_up()
+    seen = capture_logits(engine)
+    epd_tokens, _ = epd_run(engine, check_prompts, 16)
+    # the first step prefills every check prompt (in request order) and samples their first tokens
+    first = seen[0]
+    checks = [(first[i], epd_tokens[f"b{i}"]) for i in range(len(check_prompts))]
+    engine.runner._sample = type(engine.runner)._sample.__get__(engine.runner)
+
+    # epd timings (triton decode kernel; flash decode too where this torch has it)
+    ours = {
+        "decode b1": epd_tpot(engine, 1, prompt, new),
+        "decode b32": epd_tpot(engine, 32, prompt, new),
+        f"prefill {prefill_tokens}": epd_prefill(engine, prefill_tokens),
+        f"concurrent @{context}": engine.capacity_tokens / context,  # a full cache of 8k sequences
+    }
+    extra = {}
+    from epd.language.attention import cuda as cuda_attn
+
+    if device.type == "cuda" and cuda_attn.FLASH_PAGED and engine.runner.graphs:
+        engine.runner.attention.decode = "flash"
+        engine.runner.graphs.clear()
+        engine.runner.capture_graphs()
+        extra = {"decode b1": epd_tpot(engine, 1, prompt, new), "decode b32": epd_tpot(engine, 32, prompt, new)}
+
+    params = sum(p.numel() for p in engine.runner.model.parameters())
+    capacity = engine.capacity_tokens
+    epd32_tokens: dict[str, list[int]] = {}
+    if fp32_tokens:  # the same weights in float32: epd must give transformers' float32 tokens
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+        cfg32 = EngineConfig(kv_tokens=16384, max_batch_tokens=4096, graph_batch_sizes=[1, 2, 4])
+        tensors = ((k, v.to(device, torch.float32)) for k, v in state.items())
+        engine = LanguageEngine(TextSide(spec), cfg32, device, torch.float32, tensors=tensors)
+        engine.warm_up()
+        epd32_tokens, _ = epd_run(engine, check_prompts, 16)
+    print_correctness(check_prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens)
+    attn_flops = 2 * prefill_tokens**2 * spec.num_heads * spec.head_dim * spec.num_layers  # causal QK and PV
+    floor = {
+        "decode b1": weight_bytes / bw,  # bw counts every byte moved; a decode step reads the weights once
+        "decode b32": (weight_bytes + 32 * (prompt + new) * kv_per_token) / bw,
+        f"prefill {prefill_tokens}": (2 * params * prefill_tokens + attn_flops) / flops,
+        f"concurrent @{context}": (budget - weight_bytes) / (context * kv_per_token),
+    }
+    target = {"decode b1": 5e-3, "decode b32": 8e-3, f"prefill {prefill_tokens}": 0.45, f"concurrent @{context}": None}
+    print(f"\nceilings: copy {bw / 1e9:.0f} GB/s (read + write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    print(f"epd KV cache: {capacity} tokens")
+    print("\n| work | epd | transformers | floor | epd / transformers | epd / floor | target |")
+    print("|---|---|---|---|---|---|---|")
+    for key in ours:
+        e, b, f = ours[key], base[key], floor[key]
+        if key.startswith("concurrent"):
+            print(f"| {key} (sequences) | {e:.0f} | {b:.0f} | {f:.0f} | {e / b:.2f}x | {e / f:.2f} | - |")
+            continue
+        t = target[key]
+        tgt = f"≤ {t * 1e3:.0f} ms {'met' if e <= t else 'missed'}" if not quick else "-"
+        note = f" (flash decode: {extra[key] * 1e3:.2f} ms)" if key in extra else ""
+        print(
+            f"| {key} | {e * 1e3:.2f} ms{note} | {b * 1e3:.2f} ms | {f * 1e3:.2f} ms | {e / b:.3f} | {e / f:.2f} | {tgt} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""The model runner: owns every device step of the language engine.
+
+It builds the decoder and loads its weights, sizes and allocates the paged KV cache from the
+memory left after a warm-up step, turns a scheduled ``Batch`` into the step's tensors (ids,
+embeddings, positions, slot mapping, attention metadata; per sequence, never per token), runs the
+forward (decode-only steps through CUDA graphs captured for a ladder of batch sizes) and samples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from epd.language.attention import AttentionMetadata, build_attention
+from epd.language.config import EngineConfig
+from epd.language.models import QwenDecoder
+from epd.language.models.loader import checkpoint_tensors, init_random, load_weights
+from epd.language.sampler import sample
+from epd.language.scheduler import Batch
+from epd.language.sequence import Sequence
+from epd.models import LanguageSide
+
+log = logging.getLogger("epd.language")
+
+CPU_KV_TOKENS = 32768
+"""KV capacity on CPU when ``engine.kv_tokens`` is unset (CPU runs are tests and tiny models)."""
+
+MOE_GRAPH_MAX_BATCH = 16
+"""Largest decode batch captured for MoE models: inside a graph the experts run gathered per token
+(no host sync), which reads k expert matrices per token; larger batches run eagerly, grouped."""
+
+
+@dataclass
+class StepInputs:
+    embeds: torch.Tensor  # [N, H]
+    positions: torch.Tensor  # [3, N] float32
+    meta: AttentionMetadata
+    deepstack: tuple[torch.Tensor, torch.Tensor] | None
+    sample_rows: torch.Tensor  # [S] rows whose logits give a token
+    sampled: list[Sequence]  # the sequences those rows belong to
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        side: LanguageSide,
+        cfg: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.dtype = dtype
+        spec = side.spec
+        self.attention = build_attention(cfg.attention, device, spec.head_dim**-0.5, cfg.decode_attention)
+        self.model = QwenDecoder(spec, self.attention, device=device).to(dtype)
+        if tensors is not None:  # weights handed over in memory (benchmarks: the same weights as an HF model)
+            load_weights(self.model, tensors)
+        elif side.weights is None:
+            init_random(self.model)
+        else:
+            load_weights(self.model, checkpoint_tensors(side.weights, device))
+        self.model.eval()
+        self.block_size = cfg.block_size
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.num_blocks = 0
+
+    # ---- KV cache ---------------------------------------------------------------------------------
+
+    def kv_bytes_per_token(self) -> int:
+        spec = self.model.spec
+        return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * self.dtype.itemsize
+
+    def allocate_kv(self) -> int:
+        """Size the KV cache (``kv_tokens``, or the memory left after a warm-up step) and bind it; returns blocks."""
+        if self.cfg.kv_tokens is not None:
+            tokens = self.cfg.kv_tokens
+        elif self.device.type == "cuda":
+            tokens = self._tokens_that_fit()
+        else:
+            tokens = CPU_KV_TOKENS
+        num_blocks = max(2, tokens // self.block_size + 1)  # + block 0, the padding block
+        spec = self.model.spec
+        shape = (spec.num_layers, 2, num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.attention.bind(self.kv_cache)
+        self.num_blocks = num_blocks
+        log.info(
+            "KV cache: %d blocks of %d = %d tokens", num_blocks - 1, self.block_size, (num_blocks - 1) * self.block_size
+        )
+        return num_blocks
+
+    def _tokens_that_fit(self) -> int:
+        """Run one prefill at the full token budget on a scratch cache, then fill ``kv_fraction`` of the device."""
+        n = self.cfg.max_batch_tokens
+        scratch = -(-n // self.block_size) + 1
+        spec = self.model.spec
+        shape = (spec.num_layers, 2, scratch, self.block_size, spec.num_kv_heads, spec.head_dim)
+        self.attention.bind(torch.zeros(shape, dtype=self.dtype, device=self.device))
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        slots = torch.arange(self.block_size, self.block_size + n, device=self.device)
+        meta = self._prefill_only_meta([n], [n], slots)
+        with torch.inference_mode():
+            ids = torch.randint(0, spec.vocab_size, (n,), device=self.device)
+            hidden = self.model(
+                self.model.embed_tokens(ids), torch.arange(n, device=self.device).float().expand(3, -1), meta
+            )
+            self.model.logits(hidden[-1:])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        scratch_bytes = self.attention.kv_cache.numel() * self.dtype.itemsize
+        del self.attention.kv_cache
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        own = torch.cuda.memory_allocated(self.device)  # weights and buffers
+        activations = peak - scratch_bytes - own  # transient memory of a full-budget step
+        # our share of the device, and never more than is free now: other ranks (encoders of a
+        # topology whose instances share this GPU) may hold memory too
+        free_for_kv = min(total * self.cfg.kv_fraction - own, free - total * (1 - self.cfg.kv_fraction)) - activations
+        if free_for_kv < self.block_size * self.kv_bytes_per_token():
+            raise ValueError(
+                f"no memory left for the KV cache: the weights and a {n}-token step take {peak / 2**30:.1f} GiB "
+                f"of {total / 2**30:.1f} GiB; lower engine.max_batch_tokens or raise engine.kv_fraction"
+            )
+        useful = self.cfg.max_num_seqs * self.cfg.max_model_len  # more could never be filled
+        return int(min(free_for_kv // self.kv_bytes_per_token(), useful))
+
+    def _prefill_only_meta(self, q_lens: list[int], k_lens: list[int], slots: torch.Tensor) -> AttentionMetadata:
+        cu_q = torch.tensor([0, *np.cumsum(q_lens)], dtype=torch.int32, device=self.device)
+        return AttentionMetadata(
+            slot_mapping=slots,
+            num_prefill_tokens=sum(q_lens),
+            prefill_q_lens=q_lens,
+            prefill_k_lens=k_lens,
+            cu_seqlens_q=cu_q,
+            cu_seqlens_k=cu_q,
+            prefill_context_slots=slots,
+            prefill_from_start=True,
+        )
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self, batch: Batch) -> list[int]:
+        """Run ``batch`` and return one sampled token per sequence that completed its input this step
+        (in ``sampled_seqs(batch)`` order)."""
+        sampled = self.sampled_seqs(batch)
+        if not batch.prefills and self._graph_size(batch.decodes):
+            logits = self._replay(batch.decodes)
+        else:
+            inp = self._prepare(batch)
+            hidden = self.model(inp.embeds, inp.positions, inp.meta, inp.deepstack)
+            logits = self.model.logits(hidden[inp.sample_rows]) if sampled else None
+        return self._sample(logits, sampled) if sampled else []
+
+    @staticmethod
+    def sampled_seqs(batch: Batch) -> list[Sequence]:
+        done = [seq for seq, n in batch.prefills if seq.complete and seq.num_computed + n == seq.num_tokens]
+        return done + batch.decodes
+
+    def _prepare(self, batch: Batch) -> StepInputs:
+        ids: list[int] = []
+        slots: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        media: list[tuple[int, torch.Tensor]] = []  # (first row, rows of prompt_embeds)
+        deep_rows, deep_feats = [], []
+        q_lens, k_lens, ctx_slots, sample_rows = [], [], [], []
+        from_start = True
+        row = 0
+        for seq, n in batch.prefills:
+            start, end = seq.num_computed, seq.num_computed + n
+            ids += seq.token_ids[start:end]
+            positions.append(self._positions(seq, start, end))
+            table = torch.tensor(seq.block_table, dtype=torch.int64)
+            ctx = torch.arange(end)
+            ctx_slot = table[ctx // self.block_size] * self.block_size + ctx % self.block_size
+            slots.append(ctx_slot[start:])
+            ctx_slots.append(ctx_slot)
+            from_start &= start == 0
+            if seq.prompt_embeds is not None and start < seq.prompt_len:
+                media.append((row, seq.prompt_embeds[start : min(end, seq.prompt_len)]))
+            if seq.deepstack is not None and start < seq.prompt_len:
+                rows_host, feats = seq.deepstack
+                lo, hi = bisect.bisect_left(rows_host, start), bisect.bisect_left(rows_host, end)
+                if hi > lo:
+                    deep_rows.append(torch.tensor(rows_host[lo:hi]) - start + row)
+                    deep_feats.append(feats[:, lo:hi])
+            q_lens.append(n)
+            k_lens.append(end)
+            row += n
+            if seq.complete and end == seq.num_tokens:
+                sample_rows.append(row - 1)
+        decode_slots, decode_pos, lens = [], [], []
+        for seq in batch.decodes:
+            last = seq.num_tokens - 1
+            ids.append(seq.token_ids[last])
+            decode_slots.append(seq.block_table[last // self.block_size] * self.block_size + last % self.block_size)
+            decode_pos.append(last + seq.rope_delta)
+            lens.append(last + 1)
+            sample_rows.append(row)
+            row += 1
+        dev = self.device
+        ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
+        embeds = self.model.embed_tokens(ids_t)
+        for first, rows in media:  # the merged prompt rows (text and media) replace the table rows
+            embeds[first : first + rows.shape[0]] = rows
+        if decode_pos:
+            positions.append(torch.tensor(decode_pos, dtype=torch.float32, device=dev).expand(3, -1))
+        meta = AttentionMetadata(
+            slot_mapping=torch.cat([*slots, torch.tensor(decode_slots, dtype=torch.int64)]).to(dev),
+            num_prefill_tokens=sum(q_lens),
+            prefill_q_lens=q_lens,
+            prefill_k_lens=k_lens,
+            prefill_from_start=from_start,
+        )
+        if q_lens:
+            meta.cu_seqlens_q = torch.tensor([0, *np.cumsum(q_lens)], dtype=torch.int32, device=dev)
+            meta.cu_seqlens_k = torch.tensor([0, *np.cumsum(k_lens)], dtype=torch.int32, device=dev)
+            meta.prefill_context_slots = torch.cat(ctx_slots).to(dev)
+        if lens:
+            meta.num_decodes = len(lens)
+            meta.decode_block_tables = self._tables(batch.decodes, max(-(-n // self.block_size) for n in lens))
+            meta.decode_context_lens = torch.tensor(lens, dtype=torch.int32, device=dev)
+            meta.decode_context_lens_host = lens
+        deepstack = None
+        if deep_rows:
+            deepstack = (torch.cat(deep_rows).to(dev), torch.cat(deep_feats, dim=1))
+        return StepInputs(
+            embeds=embeds,
+            positions=torch.cat(positions, dim=1),
+            meta=meta,
+            deepstack=deepstack,
+            sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=dev),
+            sampled=self.sampled_seqs(batch),
+        )
+
+    def _positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
+        """[3, end - start] rope positions: the prompt's own, then index + rope_delta for generated tokens."""
+        parts = []
+        if seq.positions is not None and start < seq.prompt_len:
+            parts.append(seq.positions[:, start : min(end, seq.prompt_len)])
+            start = min(end, seq.prompt_len)
+        if end > start:
+            delta = seq.rope_delta if seq.positions is not None else 0.0
+            parts.append((torch.arange(start, end, device=self.device, dtype=torch.float32) + delta).expand(3, -1))
+        return torch.cat(parts, dim=1)
+
+    def _tables(self, seqs: list[Sequence], width: int) -> torch.Tensor:
+        tables = np.zeros((len(seqs), width), dtype=np.int32)
+        for i, seq in enumerate(seqs):
+            n = min(width, len(seq.block_table))
+            tables[i, :n] = seq.block_table[:n]
+        return torch.from_numpy(tables).to(self.device)
+
+    # ---- sampling ---------------------------------------------------------------------------------
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        params = [seq.request.sampling for seq in seqs]
+        any_random = any(p.temperature > 0 for p in params)
+        if not any_random:
+            return logits.argmax(-1).tolist()
+        dev = self.device
+        any_filter = any(p.top_k > 0 or p.top_p < 1 for p in params)
+        tokens = sample(
+            logits,
+            torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
+            torch.tensor([p.top_k for p in params], dtype=torch.int64, device=dev),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev),
+            torch.tensor([p.seed or 0 for p in params], dtype=torch.int64, device=dev),
+            torch.tensor([len(seq.output_ids) for seq in seqs], dtype=torch.int64, device=dev),
+            any_random,
+            any_filter,
+        )
+        return tokens.tolist()
+
+    # ---- CUDA graphs ------------------------------------------------------------------------------
+
+    def capture_graphs(self) -> None:
+        """Capture decode steps for ``graph_batch_sizes`` (up to ``max_num_seqs``); GPU and cuda attention only."""
+        if not (self.cfg.cuda_graphs and self.device.type == "cuda" and self.attention.supports_graphs):
+            return
+        sizes = sorted({b for b in self.cfg.graph_batch_sizes if b <= self.cfg.max_num_seqs})
+        if self.model.spec.num_experts:  # captured MoE gathers each token's experts: keep the batches small
+            sizes = [b for b in sizes if b <= MOE_GRAPH_MAX_BATCH]
+        if not sizes:
+            return
+        top, dev = sizes[-1], self.device
+        width = -(-self.cfg.max_model_len // self.block_size)
+        self.g_ids = torch.zeros(top, dtype=torch.int64, device=dev)
+        self.g_pos = torch.zeros(3, top, dtype=torch.float32, device=dev)
+        self.g_slots = torch.zeros(top, dtype=torch.int64, device=dev)  # padding rows write into block 0
+        self.g_tables = torch.zeros(top, width, dtype=torch.int32, device=dev)
+        self.g_lens = torch.ones(top, dtype=torch.int32, device=dev)
+        self.g_logits = torch.zeros(top, self.model.spec.vocab_size, dtype=torch.float32, device=dev)
+        pool = torch.cuda.graph_pool_handle()
+        for bs in reversed(sizes):  # largest first: the smaller graphs reuse its memory pool
+            meta = AttentionMetadata(
+                slot_mapping=self.g_slots[:bs],
+                num_decodes=bs,
+                decode_block_tables=self.g_tables[:bs],
+                decode_context_lens=self.g_lens[:bs],
+            )
+            with torch.inference_mode():
+                self._graph_body(bs, meta)  # warm-up run outside the capture
+                torch.cuda.synchronize(dev)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._graph_body(bs, meta)
+            self.graphs[bs] = graph
+        torch.cuda.synchronize(dev)
+        log.info("captured decode CUDA graphs for batch sizes %s", sizes)
+
+    def _graph_body(self, bs: int, meta: AttentionMetadata) -> None:
+        hidden = self.model(self.model.embed_tokens(self.g_ids[:bs]), self.g_pos[:, :bs], meta)
+        self.g_logits[:bs] = self.model.logits(hidden)
+
+    def _graph_size(self, decodes: list[Sequence]) -> int:
+        """Smallest captured batch size that holds ``decodes`` (0 = run eagerly)."""
+        if not self.graphs or not decodes:
+            return 0
+        width = self.g_tables.shape[1]
+        if any(len(seq.block_table) > width for seq in decodes):
+            return 0
+        return next((bs for bs in sorted(self.graphs) if bs >= len(decodes)), 0)
+
+    def _replay(self, decodes: list[Sequence]) -> torch.Tensor:
+        bs, n = self._graph_size(decodes), len(decodes)
+        lasts = [seq.num_tokens - 1 for seq in decodes]
+        host = torch.tensor(
+            [
+                [seq.token_ids[last] for seq, last in zip(decodes, lasts, strict=True)],
+                [
+                    seq.block_table[last // self.block_size] * self.block_size + last % self.block_size
+                    for seq, last in zip(decodes, lasts, strict=True)
+                ],
+                [last + 1 for last in lasts],
+            ],
+            dtype=torch.int64,
+        ).to(self.device, non_blocking=True)
+        self.g_ids[:n] = host[0]
+        self.g_slots[:n] = host[1]
+        self.g_slots[n:bs] = 0
+        self.g_lens[:n] = host[2].to(torch.int32)
+        self.g_lens[n:bs] = 1
+        pos = torch.tensor(
+            [last + seq.rope_delta for seq, last in zip(decodes, lasts, strict=True)], dtype=torch.float32
+        )
+        self.g_pos[:, :n] = pos.to(self.device, non_blocking=True)
+        width = max(len(seq.block_table) for seq in decodes)
+        self.g_tables[:n, :width] = self._tables(decodes, width)
+        self.g_tables[n:bs] = 0
+        self.graphs[bs].replay()
+        return self.g_logits[:n]
