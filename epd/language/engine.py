@@ -146,13 +146,12 @@ class LanguageEngine:
         prompt = seq.request.prompt_token_ids
         if not complete:  # cut before the first missing item's placeholder
             refs = seq.request.items
-            cut = _placeholder_starts(prompt, [r.modality for r in refs[: arrived + 1]], self.side)[arrived]
+            cut = self.side.placeholder_starts(prompt, [r.modality for r in refs[: arrived + 1]])[arrived]
             prompt = prompt[:cut]
         ids, types = self.side.expand(prompt, metas)
         seq.token_ids = ids.tolist()
         seq.prompt_len = len(seq.token_ids)
         seq.prepared_items = arrived
-        seq.complete = complete
         if complete:
             seq.items = {}
         if not items:
@@ -243,25 +242,10 @@ class LanguageEngine:
 _UNHASHED = itertools.count()
 
 
-def _placeholder_starts(prompt_ids: list[int], modalities: list[str], side: LanguageSide) -> list[int]:
-    """Where each item's placeholder span starts in the unexpanded prompt, in order."""
-    from epd.models.base import _find
-
-    starts, pos = [], 0
-    for modality in modalities:
-        span = side.placeholder_span(modality)
-        at = _find(prompt_ids, span, pos)
-        if at < 0:
-            raise ValueError(f"the prompt has no {modality} placeholder left for media item {len(starts)}")
-        starts.append(at)
-        pos = at + len(span)
-    return starts
-
-
 def _item_spans(prompt_ids: list[int], metas: list[ItemMeta], side: LanguageSide) -> list[tuple[int, int, str]]:
     """(start, end, content hash) of each item's span in the expanded prompt, for the prefix cache.
     An item without a content hash gets a unique key: it can hit only within its own request."""
-    starts = _placeholder_starts(prompt_ids, [m.modality for m in metas], side)
+    starts = side.placeholder_starts(prompt_ids, [m.modality for m in metas])
     spans, offset = [], 0
     for meta, at in zip(metas, starts, strict=True):
         start = at + offset

@@ -197,15 +197,9 @@ class ModelRunner:
             row += n
             if seq.complete and end == seq.num_tokens:
                 sample_rows.append(row - 1)
-        decode_slots, decode_pos, lens = [], [], []
-        for seq in batch.decodes:
-            last = seq.num_tokens - 1
-            ids.append(seq.token_ids[last])
-            decode_slots.append(seq.block_table[last // self.block_size] * self.block_size + last % self.block_size)
-            decode_pos.append(last + seq.rope_delta)
-            lens.append(last + 1)
-            sample_rows.append(row)
-            row += 1
+        decode_ids, decode_slots, decode_pos, lens = self._decode_rows(batch.decodes)
+        ids += decode_ids
+        sample_rows += range(row, row + len(lens))
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
         embeds = self.model.embed_tokens(ids_t)
@@ -240,6 +234,17 @@ class ModelRunner:
             sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=dev),
             sampled=self.sampled_seqs(batch),
         )
+
+    def _decode_rows(self, decodes: list[Sequence]) -> tuple[list[int], list[int], list[float], list[int]]:
+        """Per decoding sequence: the token fed (its last), its cache slot, its rope position, its context length."""
+        ids, slots, positions, lens = [], [], [], []
+        for seq in decodes:
+            last = seq.num_tokens - 1
+            ids.append(seq.token_ids[last])
+            slots.append(seq.block_table[last // self.block_size] * self.block_size + last % self.block_size)
+            positions.append(last + seq.rope_delta)
+            lens.append(last + 1)
+        return ids, slots, positions, lens
 
     def _positions(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         """[3, end - start] rope positions: the prompt's own, then index + rope_delta for generated tokens."""
@@ -332,27 +337,14 @@ class ModelRunner:
 
     def _replay(self, decodes: list[Sequence]) -> torch.Tensor:
         bs, n = self._graph_size(decodes), len(decodes)
-        lasts = [seq.num_tokens - 1 for seq in decodes]
-        host = torch.tensor(
-            [
-                [seq.token_ids[last] for seq, last in zip(decodes, lasts, strict=True)],
-                [
-                    seq.block_table[last // self.block_size] * self.block_size + last % self.block_size
-                    for seq, last in zip(decodes, lasts, strict=True)
-                ],
-                [last + 1 for last in lasts],
-            ],
-            dtype=torch.int64,
-        ).to(self.device, non_blocking=True)
+        ids, slots, pos, lens = self._decode_rows(decodes)
+        host = torch.tensor([ids, slots, lens], dtype=torch.int64).to(self.device, non_blocking=True)
         self.g_ids[:n] = host[0]
         self.g_slots[:n] = host[1]
         self.g_slots[n:bs] = 0
         self.g_lens[:n] = host[2].to(torch.int32)
         self.g_lens[n:bs] = 1
-        pos = torch.tensor(
-            [last + seq.rope_delta for seq, last in zip(decodes, lasts, strict=True)], dtype=torch.float32
-        )
-        self.g_pos[:, :n] = pos.to(self.device, non_blocking=True)
+        self.g_pos[:, :n] = torch.tensor(pos, dtype=torch.float32).to(self.device, non_blocking=True)
         width = max(len(seq.block_table) for seq in decodes)
         self.g_tables[:n, :width] = self._tables(decodes, width)
         self.g_tables[n:bs] = 0

@@ -34,7 +34,6 @@ class Sequence:
     # the expanded prompt, set by the engine once every item arrived (with encode-prefill overlap,
     # first its prefix up to the first missing item, then longer as items arrive: ``complete`` tells)
     token_ids: list[int] = field(default_factory=list)
-    complete: bool = False
     prepared_items: int = 0  # items merged into token_ids so far
     prompt_len: int = 0
     prompt_embeds: torch.Tensor | None = None  # [L, H] merged text + media rows; None for text-only prompts
@@ -57,6 +56,11 @@ class Sequence:
     @property
     def prepared(self) -> bool:
         return bool(self.token_ids)
+
+    @property
+    def complete(self) -> bool:
+        """The whole prompt is in ``token_ids`` (every item merged), not just its prefix."""
+        return self.prepared and self.prepared_items == len(self.request.items)
 
     @property
     def ready(self) -> bool:

@@ -103,19 +103,28 @@ class LanguageSide(ABC):
         """Rope positions [3, L] of the expanded prompt and the delta that continues them in decode
         (Qwen3-Omni's are fractional)."""
 
+    def placeholder_starts(self, prompt_ids: list[int], modalities: list[str]) -> list[int]:
+        """Where each item's placeholder span starts in the unexpanded prompt, items in prompt order."""
+        starts: list[int] = []
+        pos = 0
+        for modality in modalities:
+            span = self.placeholder_span(modality)
+            at = _find(prompt_ids, span, pos)
+            if at < 0:
+                raise ValueError(f"the prompt has no {modality} placeholder left for media item {len(starts)}")
+            starts.append(at)
+            pos = at + len(span)
+        return starts
+
     def expand(self, prompt_ids: list[int], items: list[ItemMeta]) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace each placeholder span (in prompt order) by its item's span; ids [L], types [L]."""
         ids: list[int] = []
         types: list[int] = []
         pos = 0
-        for item in items:
-            span = self.placeholder_span(item.modality)
-            at = _find(prompt_ids, span, pos)
-            if at < 0:
-                raise ValueError(f"the prompt has no {item.modality} placeholder left for media item {len(types)}")
+        for item, at in zip(items, self.placeholder_starts(prompt_ids, [it.modality for it in items]), strict=True):
             ids += prompt_ids[pos:at] + item.token_ids
             types += [TEXT] * (at - pos) + item.token_types
-            pos = at + len(span)
+            pos = at + len(self.placeholder_span(item.modality))
         ids += prompt_ids[pos:]
         types += [TEXT] * (len(prompt_ids) - pos)
         return torch.tensor(ids, dtype=torch.long), torch.tensor(types, dtype=torch.int32)

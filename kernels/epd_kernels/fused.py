@@ -1,16 +1,17 @@
 """Fused elementwise kernels of the language decoder (Triton on GPU, pure torch elsewhere).
 
-Each replaces a chain of small torch ops that read and write the activations several times:
-``rms_norm`` (6 ops), ``add_rms_norm`` (residual add + norm, 7 ops), ``silu_mul`` (SwiGLU's
-activation on the fused gate/up output, 2 ops over strided halves) and ``rotary`` (q and k
-rotation, ~10 ops over strided views). Their roundings follow transformers' bf16 modules step by
-step (each torch op rounds to the activation dtype), so the fused and reference paths agree to the
-last bit in most elements and to one bf16 ulp elsewhere.
+``add_rms_norm`` (residual add + norm, 7 ops) and ``rotary`` (q or k rotation, ~10 ops over strided
+views) are the decoder's own; ``rms_norm`` and ``silu_mul`` are the towers' kernels
+(``epd_kernels.vision_ops``), re-exported here. Roundings follow transformers' bf16 text modules
+step by step (each torch op rounds to the activation dtype): the text rotary rounds each product,
+unlike the towers' float32 rotary, which is why it is not shared.
 """
 
 from __future__ import annotations
 
 import torch
+
+from epd_kernels.vision_ops import rms_norm, rms_norm_reference, silu_mul, silu_mul_reference
 
 try:
     import triton
@@ -23,17 +24,10 @@ def _use_triton(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda
 
 
+__all__ = ["add_rms_norm", "rms_norm", "rms_norm_reference", "rotary", "rotary_ref", "silu_mul", "silu_mul_reference"]
+
+
 # ---- references ------------------------------------------------------------------------------------
-
-
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def silu_mul_ref(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
 
 
 def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -45,39 +39,21 @@ def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---- public ops ------------------------------------------------------------------------------------
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last dim of ``x`` [N, H]."""
-    if not _use_triton(x):
-        return rms_norm_ref(x, weight, eps)
-    out = torch.empty_like(x)
-    _launch_norm(x, None, weight, eps, out)
-    return out
-
-
 def add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual), x + residual); on GPU the sum is written into ``residual`` in place."""
     if not _use_triton(x):
         h = x + residual
-        return rms_norm_ref(h, weight, eps), h
+        return rms_norm_reference(h, weight, eps), h
     out = torch.empty_like(x)
-    _launch_norm(x, residual, weight, eps, out)
+    n, hidden = x.shape
+    if n:
+        _add_rms_norm_kernel[(n,)](
+            x, residual, weight, out, x.stride(0), residual.stride(0), out.stride(0), hidden, eps,
+            BLOCK=triton.next_power_of_2(hidden),
+        )  # fmt: skip
     return out, residual
-
-
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up for ``gate_up`` [N, 2I] = [gate | up] → [N, I]."""
-    if not _use_triton(gate_up):
-        return silu_mul_ref(gate_up)
-    n, two_i = gate_up.shape
-    inter = two_i // 2
-    out = torch.empty(n, inter, dtype=gate_up.dtype, device=gate_up.device)
-    if n == 0:
-        return out
-    block = 1024
-    _silu_mul_kernel[(n, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), inter, BLOCK=block)
-    return out
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -99,48 +75,24 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 # ---- Triton kernels --------------------------------------------------------------------------------
 
 
-def _launch_norm(x, residual, weight, eps, out) -> None:
-    n, hidden = x.shape
-    if n == 0:
-        return
-    has_res = residual is not None
-    _rms_norm_kernel[(n,)](
-        x, residual if has_res else x, weight, out, x.stride(0), (residual if has_res else x).stride(0), out.stride(0),
-        hidden, eps, HAS_RESIDUAL=has_res, BLOCK=triton.next_power_of_2(hidden),
-    )  # fmt: skip
-
-
 if triton is not None:
 
     @triton.jit
-    def _rms_norm_kernel(
-        x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, hidden, eps,
-        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    def _add_rms_norm_kernel(
+        x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, hidden, eps, BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         ok = cols < hidden
         x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
-        if HAS_RESIDUAL:  # h = x + residual, rounded to the activation dtype like torch's add
-            r = tl.load(res_ptr + row * stride_r + cols, mask=ok, other=0.0)
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-            tl.store(res_ptr + row * stride_r + cols, x, mask=ok)
+        r = tl.load(res_ptr + row * stride_r + cols, mask=ok, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)  # h = x + residual, rounded like torch's add
+        tl.store(res_ptr + row * stride_r + cols, x, mask=ok)
         xf = x.to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
         normed = (xf * rstd).to(x.dtype).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * stride_o + cols, (w * normed).to(x.dtype), mask=ok)
-
-    @triton.jit
-    def _silu_mul_kernel(gu_ptr, out_ptr, stride_row, inter, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ok = cols < inter
-        g = tl.load(gu_ptr + row * stride_row + cols, mask=ok, other=0.0)
-        u = tl.load(gu_ptr + row * stride_row + inter + cols, mask=ok, other=0.0)
-        gf = g.to(tl.float32)
-        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)  # torch rounds silu's result first
-        tl.store(out_ptr + row * inter + cols, (act * u.to(tl.float32)).to(g.dtype), mask=ok)
 
     @triton.jit
     def _rotary_kernel(
