@@ -190,9 +190,9 @@ def capture_logits(engine: LanguageEngine) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     sample = engine.runner._sample
 
-    def recording(logits, seqs):
+    def recording(logits, seqs, greedy=None):
         seen.append(logits.detach().float().cpu())
-        return sample(logits, seqs)
+        return sample(logits, seqs, greedy)
 
     engine.runner._sample = recording
     return seen
@@ -210,19 +210,24 @@ def _rel(a: torch.Tensor, ref: torch.Tensor | None) -> str:
     return f"{((a - ref).norm() / ref.norm()).item():.2e}" if ref is not None else "-"
 
 
-def print_correctness(prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens) -> None:
-    """Greedy agreement (leading tokens equal) and first-token logit errors, per check prompt."""
+def print_correctness(
+    prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens
+) -> None:
+    """Greedy agreement (leading tokens equal) and first-token logit errors, per check prompt. The
+    control column is transformers against itself (eager attention vs SDPA, both bf16)."""
     print("\ncorrectness (same random weights; leading greedy tokens equal, of 16):")
     print(
-        "| prompt | epd = HF (bf16) | HF bf16 = HF fp32 | epd fp32 = HF fp32 | logits rel. err. epd vs HF (bf16) | epd bf16 vs fp32 | HF bf16 vs fp32 |"
+        "| prompt | epd = HF (bf16) | control: HF eager = HF sdpa (bf16) | HF bf16 = HF fp32 | epd fp32 = HF fp32 "
+        "| logits rel. err. epd vs HF (bf16) | epd bf16 vs fp32 | HF bf16 vs fp32 |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for i, ids in enumerate(prompts):
         logits, tokens = checks[i]
         f32 = fp32_logits[i] if fp32_logits else None
         f32_tokens = fp32_tokens[i] if fp32_tokens else []
         print(
-            f"| {len(ids)} tokens | {_agree(tokens, hf_tokens[i])} | {_agree(hf_tokens[i], f32_tokens)} "
+            f"| {len(ids)} tokens | {_agree(tokens, hf_tokens[i])} | {_agree(eager_tokens[i], hf_tokens[i])} "
+            f"| {_agree(hf_tokens[i], f32_tokens)} "
             f"| {_agree(epd32_tokens.get(f'b{i}', []), f32_tokens) if epd32_tokens else '-'} "
             f"| {_rel(logits, hf_logits[i])} | {_rel(logits, f32)} | {_rel(hf_logits[i], f32)} |"
         )
@@ -262,12 +267,17 @@ def main() -> None:
     gen = torch.Generator().manual_seed(1)
     lengths = (16, 100, 500, 2000) if not quick else (16, 100)
     check_prompts = [torch.randint(0, 150000, (n,), generator=gen).tolist() for n in lengths]
-    hf_tokens, hf_logits, fp32_tokens, fp32_logits = [], [], [], []
+    hf_tokens, hf_logits, fp32_tokens, fp32_logits, eager_tokens = [], [], [], [], []
     for ids in check_prompts:
         x = torch.tensor([ids], device=device)
         hf_tokens.append(hf_generate(hf, x, 16)[0, len(ids) :].tolist())
         with torch.inference_mode():
             hf_logits.append(hf(x, logits_to_keep=1).logits[0, -1].float().cpu())
+    # the control: transformers against itself, eager attention instead of SDPA, same dtype and weights
+    hf.config._attn_implementation = "eager"
+    for ids in check_prompts:
+        eager_tokens.append(hf_generate(hf, torch.tensor([ids], device=device), 16)[0, len(ids) :].tolist())
+    hf.config._attn_implementation = "sdpa"
     if device.type == "cuda":
         cast_params(hf, torch.float32)
         with torch.inference_mode():
@@ -333,7 +343,7 @@ def main() -> None:
         engine = LanguageEngine(TextSide(spec), cfg32, device, torch.float32, tensors=tensors)
         engine.warm_up()
         epd32_tokens, _ = epd_run(engine, check_prompts, 16)
-    print_correctness(check_prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens)
+    print_correctness(check_prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens)
     attn_flops = 2 * prefill_tokens**2 * spec.num_heads * spec.head_dim * spec.num_layers  # causal QK and PV
     floor = {
         "decode b1": weight_bytes / bw,  # bw counts every byte moved; a decode step reads the weights once

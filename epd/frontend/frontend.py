@@ -100,10 +100,10 @@ class Frontend:
             for rank in range(self.cfg.topology.world_size):
                 self.channel.send(rank_name(rank), Shutdown())
             self.channel.close()
-        records = [rec for rec in self.records if not rec.warmup]
+        records = [rec for rec in self.records if not rec.warmup]  # what the results list
         wl = self.cfg.workload
         summary = summarize_run(
-            records,
+            self.records,  # warm-up ones too: the summary leaves them out of every figure but num_warmup
             max(duration, 1e-9),
             phase_starts=driver.phase_starts,
             phase_rates=wl.phase_rates,

@@ -153,12 +153,12 @@ class ModelRunner:
         (in ``sampled_seqs(batch)`` order)."""
         sampled = self.sampled_seqs(batch)
         if not batch.prefills and self._graph_size(batch.decodes):
-            logits = self._replay(batch.decodes)
-        else:
-            inp = self._prepare(batch)
-            hidden = self.model(inp.embeds, inp.positions, inp.meta, inp.deepstack)
-            logits = self.model.logits(hidden[inp.sample_rows]) if sampled else None
-        return self._sample(logits, sampled) if sampled else []
+            logits, greedy = self._replay(batch.decodes)
+            return self._sample(logits, sampled, greedy)
+        inp = self._prepare(batch)
+        every_row = len(sampled) == inp.embeds.shape[0]  # decodes only: no gather
+        hidden = self.model(inp.embeds, inp.positions, inp.meta, inp.deepstack, None if every_row else inp.sample_rows)
+        return self._sample(self.model.logits(hidden), sampled) if sampled else []
 
     @staticmethod
     def sampled_seqs(batch: Batch) -> list[Sequence]:
@@ -266,11 +266,12 @@ class ModelRunner:
 
     # ---- sampling ---------------------------------------------------------------------------------
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], greedy: torch.Tensor | None = None) -> list[int]:
+        """One token per row of ``logits``; ``greedy``: the rows' argmax, already computed (in a graph)."""
         params = [seq.request.sampling for seq in seqs]
         any_random = any(p.temperature > 0 for p in params)
         if not any_random:
-            return logits.argmax(-1).tolist()
+            return (greedy if greedy is not None else logits.argmax(-1)).tolist()
         dev = self.device
         any_filter = any(p.top_k > 0 or p.top_p < 1 for p in params)
         tokens = sample(
@@ -298,14 +299,20 @@ class ModelRunner:
             return
         top, dev = sizes[-1], self.device
         width = -(-self.cfg.max_model_len // self.block_size)
-        self.g_ids = torch.zeros(top, dtype=torch.int64, device=dev)
-        self.g_pos = torch.zeros(3, top, dtype=torch.float32, device=dev)
-        self.g_slots = torch.zeros(top, dtype=torch.int64, device=dev)  # padding rows write into block 0
+        # the graphs' inputs: one byte buffer, filled from a pinned host twin by one copy per step,
+        # viewed as ids and slots (int64), context lengths (int32) and rope positions (float32)
+        nbytes = top * (8 + 8 + 4 + 4)
+        self.g_in = torch.zeros(nbytes, dtype=torch.uint8, device=dev)
+        self.h_in = torch.zeros(nbytes, dtype=torch.uint8).pin_memory()
+        self.g_ids, self.g_slots, self.g_lens, self.g_pos = self._input_views(self.g_in, top)
+        self.h_views = [t.numpy() for t in self._input_views(self.h_in, top)]
         self.g_tables = torch.zeros(top, width, dtype=torch.int32, device=dev)
-        self.g_lens = torch.ones(top, dtype=torch.int32, device=dev)
+        self.h_tables = torch.zeros(top, width, dtype=torch.int32).pin_memory()
         self.g_logits = torch.zeros(top, self.model.spec.vocab_size, dtype=torch.float32, device=dev)
+        self.g_tokens = torch.zeros(top, dtype=torch.int64, device=dev)
         pool = torch.cuda.graph_pool_handle()
         for bs in reversed(sizes):  # largest first: the smaller graphs reuse its memory pool
+            self.g_lens[:bs] = 1  # padding rows: one cached token (block 0, never read back)
             meta = AttentionMetadata(
                 slot_mapping=self.g_slots[:bs],
                 num_decodes=bs,
@@ -322,9 +329,20 @@ class ModelRunner:
         torch.cuda.synchronize(dev)
         log.info("captured decode CUDA graphs for batch sizes %s", sizes)
 
+    @staticmethod
+    def _input_views(buf: torch.Tensor, top: int) -> tuple[torch.Tensor, ...]:
+        """ids, slots [top] int64, context lengths [top] int32, positions [top] float32 inside ``buf``."""
+        ids = buf[: 8 * top].view(torch.int64)
+        slots = buf[8 * top : 16 * top].view(torch.int64)
+        lens = buf[16 * top : 20 * top].view(torch.int32)
+        pos = buf[20 * top :].view(torch.float32)
+        return ids, slots, lens, pos
+
     def _graph_body(self, bs: int, meta: AttentionMetadata) -> None:
-        hidden = self.model(self.model.embed_tokens(self.g_ids[:bs]), self.g_pos[:, :bs], meta)
+        positions = self.g_pos[:bs].expand(3, -1)
+        hidden = self.model(self.model.embed_tokens(self.g_ids[:bs]), positions, meta)
         self.g_logits[:bs] = self.model.logits(hidden)
+        self.g_tokens[:bs] = self.g_logits[:bs].argmax(-1)  # greedy tokens, read when no row samples
 
     def _graph_size(self, decodes: list[Sequence]) -> int:
         """Smallest captured batch size that holds ``decodes`` (0 = run eagerly)."""
@@ -335,18 +353,24 @@ class ModelRunner:
             return 0
         return next((bs for bs in sorted(self.graphs) if bs >= len(decodes)), 0)
 
-    def _replay(self, decodes: list[Sequence]) -> torch.Tensor:
+    def _replay(self, decodes: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the captured graph for ``decodes``: (logits, greedy tokens), one row per sequence.
+
+        The step's inputs go over in two copies (the packed per-row values, the block tables' used
+        columns) from pinned buffers that the previous step's token read has already released.
+        Padding rows keep slot 0 and length 1 and an all-zero table row: they write block 0 only.
+        """
         bs, n = self._graph_size(decodes), len(decodes)
         ids, slots, pos, lens = self._decode_rows(decodes)
-        host = torch.tensor([ids, slots, lens], dtype=torch.int64).to(self.device, non_blocking=True)
-        self.g_ids[:n] = host[0]
-        self.g_slots[:n] = host[1]
-        self.g_slots[n:bs] = 0
-        self.g_lens[:n] = host[2].to(torch.int32)
-        self.g_lens[n:bs] = 1
-        self.g_pos[:, :n] = torch.tensor(pos, dtype=torch.float32).to(self.device, non_blocking=True)
+        h_ids, h_slots, h_lens, h_pos = self.h_views
+        h_ids[:n], h_slots[:n], h_lens[:n], h_pos[:n] = ids, slots, lens, pos
+        h_ids[n:bs], h_slots[n:bs], h_lens[n:bs], h_pos[n:bs] = 0, 0, 1, 0
         width = max(len(seq.block_table) for seq in decodes)
-        self.g_tables[:n, :width] = self._tables(decodes, width)
-        self.g_tables[n:bs] = 0
+        tables = self.h_tables.numpy()
+        for i, seq in enumerate(decodes):
+            tables[i, : len(seq.block_table)] = seq.block_table
+        tables[n:bs, :width] = 0
+        self.g_in.copy_(self.h_in, non_blocking=True)
+        self.g_tables[:bs, :width].copy_(self.h_tables[:bs, :width], non_blocking=True)
         self.graphs[bs].replay()
-        return self.g_logits[:n]
+        return self.g_logits[:n], self.g_tokens[:n]

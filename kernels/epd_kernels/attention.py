@@ -51,7 +51,8 @@ def _varlen_kernel(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale: float | N
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         varlen_attn = None
-    q, k, v = (t if t.is_contiguous() else t.contiguous() for t in (q, k, v))  # v is a strided cut of qkv
+    # the kernel takes any row stride (v arrives as a strided cut of the towers' qkv), not a strided last dim
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if varlen_attn is not None:
         return varlen_attn(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), max_q, max_k, **extra)
     from flash_attn import flash_attn_varlen_func  # optional: pip install flash-attn

@@ -79,8 +79,48 @@ def _fuse(tower: torch.nn.Module) -> None:
         gated = all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn"))
         if gated and type(module.act_fn).__name__ in ("SiLU", "SiLUActivation"):
             _fuse_gated_mlp(module)
+        if _is_rms_block(module):
+            module.forward = types.MethodType(_block_forward, module)
     if hasattr(sys.modules[type(tower).__module__], "apply_rotary_pos_emb_vision"):
         tower.forward = types.MethodType(_forward_with_fused_rotary, tower)
+
+
+def _is_rms_block(module: torch.nn.Module) -> bool:
+    """A pre-norm vision block with RMSNorms and a gated MLP (Qwen2.5-VL's): its adds can be fused."""
+    parts = [getattr(module, name, None) for name in ("norm1", "norm2", "attn", "mlp")]
+    return (
+        all(part is not None for part in parts)
+        and all(type(norm).__name__.endswith("RMSNorm") for norm in parts[:2])
+        and hasattr(module.mlp, "gate_proj")
+    )
+
+
+def _block_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The block's ``h += attn(norm1(h)); h += mlp(norm2(h))`` with both residual adds fused away: the
+    first into the second norm (one kernel writes norm2's input and output), the second into the down
+    projection's GEMM (its C operand, with the down bias already added to it by that kernel)."""
+    from epd_kernels.fused import add_rms_norm
+    from epd_kernels.vision_ops import silu_mul
+
+    attn = self.attn(
+        self.norm1(hidden_states), cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
+    )
+    mlp, norm = self.mlp, self.norm2
+    fused = getattr(mlp, "_epd_gate_up", None)
+    if fused is None or hidden_states.dim() != 2:
+        hidden_states = hidden_states + attn
+        return hidden_states + mlp(norm(hidden_states))
+    # writes h + attn (+ the down bias) into attn's buffer, a temporary of this block
+    normed, summed = add_rms_norm(hidden_states, attn, norm.weight, norm.variance_epsilon, bias=mlp.down_proj.bias)
+    weight, bias = fused
+    act = silu_mul(F.linear(normed, weight, bias))
+    return summed.addmm_(act, mlp._epd_down.t())
 
 
 def _patch_embed_forward(self: Any, pixels: torch.Tensor) -> torch.Tensor:

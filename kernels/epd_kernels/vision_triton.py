@@ -14,6 +14,7 @@ def _rotary_kernel(
     sin_ptr,  # [N, D]
     out_ptr,  # [X // H, N, H, D] contiguous
     num_tokens,
+    num_x_heads,  # X
     num_heads,  # H: heads per output tensor
     stride_xt,
     stride_xh,
@@ -21,21 +22,24 @@ def _rotary_kernel(
     stride_st,
     HALF: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    head = tl.program_id(1)
-    tok = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None]
-    d = tl.arange(0, BLOCK_D)[None, :]
-    mask = (tok < num_tokens) & (d < HALF)
+    # a [tokens, heads, half] tile: each token's cos/sin row is read once for BLOCK_H heads
+    tok = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None, None]
+    head = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :, None]
+    d = tl.arange(0, BLOCK_D)[None, None, :]
+    row_ok = (tok < num_tokens) & (d < HALF)
+    mask = row_ok & (head < num_x_heads)
     x = x_ptr + tok * stride_xt + head * stride_xh
     x1 = tl.load(x + d, mask=mask).to(tl.float32)
     x2 = tl.load(x + HALF + d, mask=mask).to(tl.float32)
     c = cos_ptr + tok * stride_ct
     s = sin_ptr + tok * stride_st
-    c1 = tl.load(c + d, mask=mask).to(tl.float32)
-    c2 = tl.load(c + HALF + d, mask=mask).to(tl.float32)
-    s1 = tl.load(s + d, mask=mask).to(tl.float32)
-    s2 = tl.load(s + HALF + d, mask=mask).to(tl.float32)
+    c1 = tl.load(c + d, mask=row_ok).to(tl.float32)
+    c2 = tl.load(c + HALF + d, mask=row_ok).to(tl.float32)
+    s1 = tl.load(s + d, mask=row_ok).to(tl.float32)
+    s2 = tl.load(s + HALF + d, mask=row_ok).to(tl.float32)
     # rotate_half(x) = (-x2, x1)
     out1 = x1 * c1 - x2 * s1
     out2 = x2 * c2 + x1 * s2
@@ -90,14 +94,15 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float
 
 def _launch_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, heads: int) -> None:
     num_tokens, num_x_heads, dim = x.shape
-    block_t = 16
-    grid = (triton.cdiv(num_tokens, block_t), num_x_heads)
+    block_t, block_h = 16, min(8, triton.next_power_of_2(num_x_heads))
+    grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(num_x_heads, block_h))
     _rotary_kernel[grid](
         x,
         cos,
         sin,
         out,
         num_tokens,
+        num_x_heads,
         heads,
         x.stride(0),
         x.stride(1),
@@ -105,6 +110,7 @@ def _launch_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: t
         sin.stride(0),
         HALF=dim // 2,
         BLOCK_T=block_t,
+        BLOCK_H=block_h,
         BLOCK_D=triton.next_power_of_2(dim // 2),
         num_warps=4,
     )

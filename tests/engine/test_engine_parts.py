@@ -117,3 +117,29 @@ def test_sampling_distribution_follows_temperature():
     freq = counts / counts.sum()
     expected = logits.softmax(-1)[0]
     assert (freq - expected).abs().max() < 0.03
+
+
+def test_warm_up_runs_a_prefill_over_cached_blocks():
+    """``warm_up`` must reach the prefill-from-cache attention path (its first call is slow on GPU)
+    and leave the hit counters at zero for the run."""
+    from epd.bench.engine import TextSide
+    from epd.language import LanguageEngine
+    from epd.language.models import DecoderSpec
+
+    spec = DecoderSpec(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+        head_dim=16, rms_norm_eps=1e-6, rope_theta=1e4, rope_style="1d", mrope_section=None,
+        qkv_bias=True, qk_norm=False, tie_embeddings=False,
+    )  # fmt: skip
+    engine = LanguageEngine(TextSide(spec), EngineConfig(block_size=4, kv_tokens=256), torch.device("cpu"))
+    seen = []
+    forward = engine.runner.attention.forward
+
+    def spy(layer, q, k, v, meta):
+        seen.append(meta.prefill_from_start)
+        return forward(layer, q, k, v, meta)
+
+    engine.runner.attention.forward = spy
+    engine.warm_up()
+    assert False in seen and True in seen
+    assert engine.blocks.hits == engine.blocks.queries == 0

@@ -134,6 +134,26 @@ def test_epd_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, referen
     assert results["summary"]["num_requests"] == len(reference)
 
 
+def test_warmup_requests_are_served_and_left_out(tmp_path, tiny_qwen25vl, requests_file, reference):
+    """``workload.warmup_requests``: the file's first request runs before the measured ones and is
+    counted apart; the measured ones still equal transformers."""
+    run_dir = tmp_path / "run"
+    run_epd(
+        run_dir,
+        "+topology=colocated",
+        f"model.path={tiny_qwen25vl}",
+        "workload=file",
+        f"workload.path={requests_file}",
+        "workload.warmup_requests=1",
+    )
+    results = read_results(run_dir)
+    first = json.loads(requests_file.read_text().splitlines()[0])["id"]
+    got = {r["id"]: r for r in results["requests"]}
+    assert set(got) == set(reference) - {first}
+    assert all(got[rid]["output_token_ids"] == reference[rid] for rid in got)
+    assert (results["summary"]["num_warmup"], results["summary"]["num_requests"]) == (1, len(reference) - 1)
+
+
 # NCCL cannot connect two ranks on one GPU: its cases need a GPU per rank
 GPU_CASES = [
     ("colocated", "nccl"),

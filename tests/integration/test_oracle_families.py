@@ -23,7 +23,9 @@ KV_TOKENS = {"qwen3_omni": 352}
 """1e1p's KV cache: room for the family's longest request (prompt + output), not for all of them."""
 ENGINE_KNOBS = {
     "colocated": [],
-    "1e1p": ["engine.block_size=4", "engine.max_batch_tokens=32"],  # + engine.kv_tokens, per family below
+    # + engine.kv_tokens, per family below; the encoder holds its items for one packed tower call, so the
+    # media requests reach the language side together and preemption does not depend on timing
+    "1e1p": ["engine.block_size=4", "engine.max_batch_tokens=32", "encoder.max_wait_ms=3000"],
     "2e1p": ["engine.max_batch_tokens=16", "engine.block_size=4", "engine.overlap_encode_prefill=true"],
 }
 

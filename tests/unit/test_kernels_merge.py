@@ -4,25 +4,14 @@ CPU, and compiled on a GPU when there is one)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from epd_kernels import deepstack_add_, merge_embeddings
 from epd_kernels.merge import deepstack_add_reference, merge_embeddings_reference
-
-
-def gpu(test):
-    """A GPU test: marked ``gpu`` (run them alone with ``pytest -m gpu``), skipped without CUDA."""
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
-
-
-KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+from tests.kernel_helpers import gpu, run_in_interpreter
 
 
 def _case(seed: int, num_tokens: int, vocab: int, hidden: int, num_mm: int, dtype=torch.float32, device="cpu"):
@@ -68,7 +57,6 @@ def test_deepstack_reference_equals_transformers(seed):
 
 def test_triton_kernels_in_interpreter():
     """The Triton kernels' indexing, run by Triton's CPU interpreter (exact: pure copies, float32 adds)."""
-    pytest.importorskip("triton")
     script = textwrap.dedent(
         """
         import torch
@@ -91,13 +79,7 @@ def test_triton_kernels_in_interpreter():
         print("ok")
         """
     )
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{KERNELS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    run_in_interpreter(script)
 
 
 @gpu

@@ -6,11 +6,7 @@ compare the Triton kernels and the bf16 fast path with float32 references."""
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,15 +23,9 @@ from epd_kernels.vision_ops import (
     silu_mul,
     silu_mul_reference,
 )
-
-
-def gpu(test):
-    """A GPU test: marked ``gpu`` (run them alone with ``pytest -m gpu``), skipped without CUDA."""
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
-
+from tests.kernel_helpers import gpu, run_in_interpreter
 
 CPU = torch.device("cpu")
-KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 
 
 def _eager_per_segment(q, k, v, bounds, scale):
@@ -108,6 +98,8 @@ def test_vision_tower_epd_path_equals_eager(models, family):
     tower._fuse(fast)  # what auto adds on a GPU; on CPU the fused ops run their references
     if family == "qwen2_5_vl":  # its gated MLP runs as one padded gate-up product (3420 → 3456 wide here: 64)
         assert all(hasattr(blk.mlp, "_epd_gate_up") for blk in fast.blocks)
+        # and its blocks run with the residual adds fused (norm kernel, down projection's epilogue)
+        assert all(blk.forward.__func__ is tower._block_forward for blk in fast.blocks)
     with torch.no_grad():
         ref = eager(pixels, grid_thw=grid)
         out = fast(pixels, grid_thw=grid, **tower.vision_tower_kwargs(fast, grid, CPU))
@@ -255,7 +247,6 @@ def test_encoder_packs_items_into_one_call(models, family):
 def test_vision_kernels_in_interpreter():
     """The rotary and RMSNorm Triton kernels' indexing (one launch for q and k cut from one qkv, two
     otherwise), run by Triton's CPU interpreter in float32, where they must equal the references."""
-    pytest.importorskip("triton")
     script = textwrap.dedent(
         """
         import torch
@@ -277,13 +268,7 @@ def test_vision_kernels_in_interpreter():
         print("ok")
         """
     )
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{KERNELS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    run_in_interpreter(script)
 
 
 # ------------------------------------------------------------------------------------------- GPU

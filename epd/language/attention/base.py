@@ -36,7 +36,8 @@ class AttentionMetadata:
 
 
 class AttentionBackend(ABC):
-    """Writes each layer's new keys/values into the paged cache and attends over it.
+    """Writes each layer's new keys/values into the paged cache (``rotate_and_store``) and attends
+    over it (``forward``).
 
     The cache is one tensor [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] bound
     once by the model runner (``bind``); ``forward`` must be safe inside a CUDA graph capture when
@@ -58,7 +59,25 @@ class AttentionBackend(ABC):
         v: torch.Tensor,  # [N, kv_heads, D]
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [N, heads, D]
-        """Store k, v at ``meta.slot_mapping`` in ``layer``'s cache, then attend."""
+        """Attend over ``layer``'s cache, where this step's k, v already are (``rotate_and_store``);
+        k and v are handed over too, for prefills that need no cached context."""
+
+    def rotate_and_store(
+        self,
+        layer: int,
+        q: torch.Tensor,  # [N, heads, D]
+        k: torch.Tensor,  # [N, kv_heads, D]
+        v: torch.Tensor,
+        cos: torch.Tensor,  # [N, 1, D]
+        sin: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary on q and k, and the rotated k and v written at ``meta.slot_mapping`` in ``layer``'s
+        cache (one kernel on GPU); returns the rotated q and k."""
+        from epd_kernels.fused import rotary_store
+
+        k_cache, v_cache = self.kv_cache[layer]
+        return rotary_store(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
         k_cache, v_cache = self.kv_cache[layer]  # [blocks, block_size, kv_heads, D] each

@@ -32,7 +32,6 @@ class TorchAttention(AttentionBackend):
         self.scale = scale
 
     def forward(self, layer: int, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
-        self.store(layer, k, v, meta)
         out = torch.empty_like(q)
         start, slot_start = 0, 0
         for q_len, k_len in zip(meta.prefill_q_lens, meta.prefill_k_lens, strict=True):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epd_kernels.fused import add_rms_norm, rms_norm, rotary, silu_mul
+from epd_kernels.fused import add_rms_norm, rms_norm, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -61,11 +61,6 @@ class Rotary(nn.Module):
         freqs = pos.T * self.inv_freq  # [N, D/2]
         emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [N, heads, D], cos/sin: [N, 1, D] → rotated, contiguous
-    return rotary(x, cos, sin)
 
 
 class GatedMLP(nn.Module):

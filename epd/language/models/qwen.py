@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from epd.language.attention import AttentionBackend, AttentionMetadata
-from epd.language.models.layers import GatedMLP, MoE, RMSNorm, Rotary, apply_rotary
+from epd.language.models.layers import GatedMLP, MoE, RMSNorm, Rotary
 from epd_kernels import deepstack_add_
 
 
@@ -98,7 +98,10 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata, rows=None
+    ) -> torch.Tensor:
+        """Every row's keys and values go into the cache; the output is for ``rows`` only (None: all)."""
         n = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
@@ -106,9 +109,11 @@ class Attention(nn.Module):
         v = v.view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = self.backend.forward(self.layer, q, k, v, meta)  # [N, heads, D]
-        return self.o_proj(out.reshape(n, self.q_size))
+        q, k = self.backend.rotate_and_store(self.layer, q, k, v, cos, sin, meta)
+        if rows is not None and rows.numel() == 0:  # only the cache wanted this layer
+            return x.new_empty(0, x.shape[1])
+        out = self.backend.forward(self.layer, q, k, v, meta).reshape(n, self.q_size)  # [N, heads * D]
+        return self.o_proj(out if rows is None else out[rows])
 
 
 class DecoderLayer(nn.Module):
@@ -129,14 +134,20 @@ class DecoderLayer(nn.Module):
             self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size)
 
     def forward(
-        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, meta: AttentionMetadata
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, meta: AttentionMetadata, rows=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hidden state is ``h + residual`` (``residual`` None: ``h`` alone); returns the next pair."""
+        """The hidden state is ``h + residual`` (``residual`` None: ``h`` alone); returns the next pair,
+        for ``rows`` only when given (every row still writes its keys and values)."""
         if residual is None:
             residual, x = h, self.input_layernorm(h)
         else:
             x, residual = self.input_layernorm.add_forward(h, residual)
-        x, residual = self.post_attention_layernorm.add_forward(self.self_attn(x, cos, sin, meta), residual)
+        attn = self.self_attn(x, cos, sin, meta, rows)
+        if rows is not None:
+            if rows.numel() == 0:
+                return attn, attn
+            residual = residual[rows]
+        x, residual = self.post_attention_layernorm.add_forward(attn, residual)
         return self.mlp(x), residual
 
 
@@ -165,16 +176,23 @@ class QwenDecoder(nn.Module):
         positions: torch.Tensor,  # [3, N] rope positions (float32; the three rows equal for text)
         meta: AttentionMetadata,
         deepstack: tuple[torch.Tensor, torch.Tensor] | None = None,  # rows [M] of the batch, feats [k, M, H]
-    ) -> torch.Tensor:  # [N, H] final hidden states (before the norm)
+        rows: torch.Tensor | None = None,  # [S] the rows whose final hidden state is wanted (None: all)
+    ) -> torch.Tensor:  # [N, H] (or [S, H]) final hidden states (before the norm)
+        """The last layer computes its attention output and MLP for ``rows`` only: the other rows need
+        just their keys and values there (a 16k-token prefill that samples one token skips 1/L of
+        its MLP and output-projection work)."""
         # the residual stream is carried as (h, residual) pairs so each norm fuses the add before it
         cos, sin = self.rotary(positions, embeds.dtype)
         h, residual = embeds, None
+        last = len(self.layers) - 1
+        early = rows is not None and (deepstack is None or deepstack[1].shape[0] <= last)
         for i, layer in enumerate(self.layers):
-            h, residual = layer(h, residual, cos, sin, meta)
+            h, residual = layer(h, residual, cos, sin, meta, rows if early and i == last else None)
             if deepstack is not None and i < deepstack[1].shape[0]:  # DeepStack: added after layers 0..k-1
                 residual = deepstack_add_(h + residual, deepstack[0], deepstack[1][i].to(h.dtype))
                 h = torch.zeros_like(h)
-        return h + residual
+        hidden = h + residual
+        return hidden[rows] if rows is not None and not early else hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: [S, H] one row per sequence → [S, V], float32
