@@ -154,10 +154,18 @@ class EncoderRole:
             return None
         return f"{msg.modality}:{msg.content_hash}:{self._params}"
 
-    def _decode(self, msg: EncodeItem) -> tuple[MediaInput, int, float, float]:
+    def _decode(self, msg: EncodeItem) -> tuple[MediaInput, int, dict[str, float]]:
+        """On a decode thread: fetch and decode the item, then run the family's processor on it, so
+        neither holds up the tower calls of the rank's loop."""
         start = time.time()
         inp = self.decoder.decode(msg)
-        return inp, self.decoder.num_tokens(inp), start, time.time()
+        fetched = time.time()
+        try:
+            self.encoder.preprocess(inp)
+        except Exception as exc:  # the processor refused this item: fail it alone
+            raise MediaError(f"the {msg.modality} could not be processed: {type(exc).__name__}: {exc}") from exc
+        stamps = {"fetch_start": start, "fetch_end": fetched, "preprocess_end": time.time()}
+        return inp, self.decoder.num_tokens(inp), stamps
 
     def _collect_decoded(self) -> None:
         still = []
@@ -166,15 +174,15 @@ class EncoderRole:
                 still.append(dec)
                 continue
             try:
-                inp, num_tokens, start, end = dec.future.result()
+                inp, num_tokens, stamps = dec.future.result()
             except MediaError as exc:
                 dec.result.error = str(exc)
                 self._finish(dec, None)
                 continue
-            dec.result.timestamps.update(fetch_start=start, fetch_end=end)
+            dec.result.timestamps.update(stamps)
             dec.result.est_tokens = num_tokens
             dec.input = inp
-            self._ready.append(Ready(payload=dec, num_tokens=num_tokens, ready_at=end))
+            self._ready.append(Ready(payload=dec, num_tokens=num_tokens, ready_at=stamps["preprocess_end"]))
         self._decoding = still
 
     def _run(self, batch: list[_Decoding]) -> None:

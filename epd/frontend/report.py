@@ -9,7 +9,7 @@ def item_stats(msg: ItemDone) -> dict:
     """What ``RequestRecord.items[i]`` gains from the encoder's report (times in ms, stamps in s).
 
     ``queue_ms`` is time spent waiting, not worked on: for a decoded item, waiting for a decode
-    thread plus waiting for the tower after its decode; for one that joined an identical item in
+    thread plus waiting for the tower after its decode and processing; for one that joined an identical item in
     flight, its whole stay; 0 for a cache hit.
     """
     ts = msg.timestamps
@@ -22,6 +22,7 @@ def item_stats(msg: ItemDone) -> dict:
         "batch_tokens": msg.batch_tokens,
         "queue_ms": 0.0,
         "decode_ms": None,
+        "preprocess_ms": None,
         "tower_ms": None,
         "encode_start": ts.get("encode_start"),
         "encode_end": ts.get("encode_end"),
@@ -32,9 +33,13 @@ def item_stats(msg: ItemDone) -> dict:
         return out
     if "fetch_start" in ts and "fetch_end" in ts:
         out["decode_ms"] = (ts["fetch_end"] - ts["fetch_start"]) * 1e3
+        worked = ts["fetch_end"]
+        if "preprocess_end" in ts:  # the processor ran on the decode thread right after the fetch
+            out["preprocess_ms"] = (ts["preprocess_end"] - ts["fetch_end"]) * 1e3
+            worked = ts["preprocess_end"]
         out["queue_ms"] = (ts["fetch_start"] - arrived) * 1e3
         if "encode_start" in ts:
-            out["queue_ms"] += (ts["encode_start"] - ts["fetch_end"]) * 1e3
+            out["queue_ms"] += (ts["encode_start"] - worked) * 1e3
     elif msg.cache == "inflight" and "encode_end" in ts:
         out["queue_ms"] = (ts["encode_end"] - arrived) * 1e3
     if "encode_start" in ts and "encode_end" in ts:

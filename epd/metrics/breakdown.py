@@ -11,7 +11,7 @@ latest end), so for several items the breakdown follows the slowest one: the cri
     queue           tokenized          the frontend: sent on its arrival time, chat template, tokens
     encode_queue    fetch_start        an encoder to pick up its media
     fetch           fetch_end          reading and decoding the media (image, video, audio)
-    preprocess      preprocess_end     the HF processor (when the encoder stamps it separately)
+    preprocess      preprocess_end     the family's HF processor, on the encoder's decode threads
     encode_queue    encode_start       a tower batch, after decoding
     encode          encode_end         the vision / audio tower
     transfer        transfer_end       the embeddings reaching the language instance

@@ -11,6 +11,7 @@ non-text rows, so no tokenizer runs on the language instance.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ class MediaInput:
     """Video: the ``epd.media.FrameSampling`` that chose the frames (the processor needs its fps)."""
     audio: Any = None
     """Video with ``media.use_audio_in_video``: its audio track (``epd.media.AudioClip``)."""
+    features: Any = None
+    """The family processor's output for this item, once ``TowerEncoder.preprocess`` ran (None: not yet)."""
 
 
 @dataclass(kw_only=True)
@@ -63,6 +66,9 @@ class EncodedItem:
     ``deepstack`` [k, n_visual, H]; a video with its audio track adds ``audio_embeds`` for its audio rows."""
 
 
+_LOCK_GUARD = threading.Lock()
+
+
 class TowerEncoder(ABC):
     """Runs the family's HF processor and towers on one device."""
 
@@ -75,6 +81,27 @@ class TowerEncoder(ABC):
     def frame_sampling(self, media: Any) -> Any:
         """Which video frames to decode (``epd.media.FrameSampling``); families with video override."""
         raise ValueError("this model takes no video")
+
+    def preprocess(self, inp: MediaInput) -> MediaInput:
+        """Run the family's processor on one item (resize, normalise, patchify; mel features), keeping
+        the output on ``inp.features``. The encoder's decode threads call this, so processing overlaps
+        the tower calls; calls are serialised by a lock (the processor's tokenizer is not safe to
+        share between threads), which still leaves the torch and PIL work free of the GIL."""
+        lock = self.__dict__.get("_processor_lock")
+        if lock is None:
+            with _LOCK_GUARD:
+                lock = self.__dict__.setdefault("_processor_lock", threading.Lock())
+        with lock:
+            inp.features = self._process(inp)
+        return inp
+
+    def _features(self, inputs: list[MediaInput]) -> list[Any]:
+        """Each item's processor output: from ``preprocess`` where it ran, else computed now."""
+        return [inp.features if inp.features is not None else self.preprocess(inp).features for inp in inputs]
+
+    @abstractmethod
+    def _process(self, inp: MediaInput) -> Any:
+        """The family processor's output for one item (its expanded placeholder ids and tower inputs)."""
 
     @abstractmethod
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:

@@ -28,6 +28,8 @@ def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
     truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
     garbage = tmp_path / "garbage.png"
     garbage.write_bytes(b"this is not an image at all" * 10)
+    sliver = tmp_path / "sliver.png"  # decodes fine, but the processor refuses a 300:1 aspect ratio
+    Image.new("RGB", (600, 2), (9, 9, 9)).save(sliver)
     not_b64 = "data:image/png;base64,@@@not-base64@@@"
     png_b64 = "data:image/png;base64," + base64.b64encode(good.read_bytes()).decode()
     bodies = {
@@ -38,6 +40,7 @@ def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
         "garbage": [_part(str(garbage))],
         "bad-base64": [_part(not_b64)],
         "ok-file-url": [_part(good.as_uri())],
+        "sliver": [_part(str(sliver))],
     }
     hi = {"type": "text", "text": "hi"}
     path = write_requests(tmp_path / "requests.jsonl", {rid: [*parts, hi] for rid, parts in bodies.items()}, 5)
@@ -59,10 +62,11 @@ def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
     assert "media item 1" in got["truncated"]["error"] and "cannot decode image" in got["truncated"]["error"]
     assert "cannot decode image" in got["garbage"]["error"]
     assert "not valid base64" in got["bad-base64"]["error"]
-    for rid in ("missing", "truncated", "garbage", "bad-base64"):
+    assert "could not be processed" in got["sliver"]["error"] and "aspect ratio" in got["sliver"]["error"]
+    for rid in ("missing", "truncated", "garbage", "bad-base64", "sliver"):
         assert got[rid]["output_token_ids"] == []
     summary = read_results(run_dir)["summary"]
-    assert summary["num_failed"] == 4
+    assert summary["num_failed"] == 5
 
 
 def _descendants(pid: int) -> set[int]:

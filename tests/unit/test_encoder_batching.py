@@ -101,7 +101,9 @@ def test_items_of_concurrent_requests_share_one_tower_call(tower, images):
         assert res.item.meta.token_ids == alone.meta.token_ids
         torch.testing.assert_close(res.item.tensors["embeds"], alone.tensors["embeds"], rtol=1e-5, atol=1e-5)
         assert res.num_tokens == alone.meta.num_embeds == res.est_tokens  # the processor sized it exactly
-        assert {"encode_queue_start", "fetch_start", "fetch_end", "encode_start", "encode_end"} <= set(res.timestamps)
+        stages = ("encode_queue_start", "fetch_start", "fetch_end", "preprocess_end", "encode_start", "encode_end")
+        assert set(stages) <= set(res.timestamps)
+        assert [res.timestamps[s] for s in stages] == sorted(res.timestamps[s] for s in stages)
     role.close()
 
 

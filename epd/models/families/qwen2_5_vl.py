@@ -51,10 +51,7 @@ class Qwen25Encoder(TowerEncoder):
     @torch.inference_mode()
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
         """All images and videos of the call go through the tower in one packed call."""
-        feats = [
-            self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **processor_kwargs(inp))
-            for inp in inputs
-        ]
+        feats = self._features(inputs)
         keys = [VISION_KEYS[inp.modality] for inp in inputs]  # (pixels, grid) keys of each item's features
         grids = [feat[grid_key] for feat, (_, grid_key) in zip(feats, keys, strict=True)]
         pixels = [feat[pix_key] for feat, (pix_key, _) in zip(feats, keys, strict=True)]
@@ -70,6 +67,9 @@ class Qwen25Encoder(TowerEncoder):
             )
             out.append(EncodedItem(meta=meta, tensors={"embeds": embeds, **self._extra(tower, k, counts)}))
         return out
+
+    def _process(self, inp: MediaInput) -> Any:
+        return self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **processor_kwargs(inp))
 
     def _info(self, feat: Any, grid: torch.Tensor) -> dict[str, Any]:
         info: dict[str, Any] = {"grid_thw": grid[0].tolist()}

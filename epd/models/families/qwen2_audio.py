@@ -43,11 +43,14 @@ class Qwen2AudioEncoder(TowerEncoder):
         self.audio_sampling_rate = processor.feature_extractor.sampling_rate
         self.type_of = {model.config.audio_token_id: AUDIO}
 
+    def _process(self, inp: MediaInput) -> Any:
+        return self.processor(text=[PLACEHOLDER_TEXT], return_tensors="pt", **processor_kwargs(inp))
+
     @torch.inference_mode()
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
         from transformers.masking_utils import create_bidirectional_mask
 
-        feats = [self.processor(text=[PLACEHOLDER_TEXT], return_tensors="pt", **processor_kwargs(i)) for i in inputs]
+        feats = self._features(inputs)
         features = torch.cat([f["input_features"] for f in feats]).to(self.device, self.dtype)  # [n, mel, frames]
         mel_lens = torch.cat([f["feature_attention_mask"] for f in feats]).sum(-1).to(self.device)  # [n]
         conv_lens, out_lens = self.tower._get_feat_extract_output_lengths(mel_lens)

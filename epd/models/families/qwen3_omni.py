@@ -79,9 +79,7 @@ class OmniEncoder(TowerEncoder):
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:
         """One packed vision call for the images and videos, one packed audio call for the clips and
         the videos' audio tracks."""
-        feats = [
-            self.processor(text=[PLACEHOLDER_TEXT[i.modality]], return_tensors="pt", **self._kwargs(i)) for i in inputs
-        ]
+        feats = self._features(inputs)
         tensors: list[dict[str, torch.Tensor]] = [{} for _ in inputs]
         infos: list[dict[str, Any]] = [{} for _ in inputs]
         seen = [k for k, inp in enumerate(inputs) if inp.modality in ("image", "video")]
@@ -134,6 +132,9 @@ class OmniEncoder(TowerEncoder):
             for k, h in zip(members, hidden.split([omni_audio_tokens(n, self.n_window) for n in lens]), strict=True):
                 out[k] = h
         return out
+
+    def _process(self, inp: MediaInput) -> Any:
+        return self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **self._kwargs(inp))
 
     @staticmethod
     def _kwargs(inp: MediaInput) -> dict[str, Any]:
