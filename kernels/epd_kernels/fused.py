@@ -103,7 +103,7 @@ def rotary_store(
     k_out = torch.empty(n, kv_heads, dim, dtype=k.dtype, device=k.device)
     if n == 0:
         return q_out, k_out
-    cos2, sin2 = cos.reshape(n, dim), sin.reshape(n, dim)
+    cos2, sin2 = cos.reshape(n, dim).contiguous(), sin.reshape(n, dim).contiguous()  # one row stride for both
     _rotary_store_kernel[(n,)](
         q, k, v, cos2, sin2, slots, q_out, k_out, k_cache, v_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos2.stride(0),
