@@ -38,6 +38,7 @@ class BlockManager:
         self.hash_of: list[int | None] = [None] * num_blocks
         self.cached: dict[int, int] = {}  # block hash → block
         self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(1, num_blocks))  # LRU first
+        self.evictions = 0  # cached copies dropped so far (a block's hash freed for another block)
         self.hits = 0  # prompt tokens served from the cache
         self.queries = 0  # prompt tokens looked up
 
@@ -77,6 +78,7 @@ class BlockManager:
                 del self.free[b]
             self.ref[b] += 1
         seq.block_table = list(cached)
+        seq.num_registered, seq.unregistered = 0, []
         seq.num_computed = seq.num_cached_prompt = len(cached) * self.block_size
         self.hits += seq.num_computed
         self.queries += seq.prompt_len
@@ -96,6 +98,7 @@ class BlockManager:
             if self.hash_of[block] is not None:
                 self.cached.pop(self.hash_of[block], None)
                 self.hash_of[block] = None
+                self.evictions += 1
             self.ref[block] = 1
             seq.block_table.append(block)
 
@@ -107,11 +110,24 @@ class BlockManager:
         known = len(seq.block_hashes)
         if full > known:
             seq.block_hashes = block_hashes(seq, self.block_size, known)
-        for i in range(full):
-            block, h = seq.block_table[i], seq.block_hashes[i]
-            if self.hash_of[block] is None and h not in self.cached:
-                self.hash_of[block] = h
-                self.cached[h] = block
+        # the blocks filled since the last call: O(new blocks) per step, not O(context); earlier ones
+        # whose hash another block held are tried again once some cached copy was evicted
+        offered = list(range(seq.num_registered, full))
+        if seq.unregistered and seq.evictions_seen != self.evictions:
+            offered, seq.unregistered = seq.unregistered + offered, []
+        seq.evictions_seen = self.evictions
+        seq.unregistered += [i for i in offered if not self._register(seq.block_table[i], seq.block_hashes[i])]
+        seq.num_registered = max(seq.num_registered, full)
+
+    def _register(self, block: int, h: int) -> bool:
+        """Make ``block`` the cached copy of hash ``h``; False while another block is that copy."""
+        if self.hash_of[block] is not None:  # already a cached copy (it keeps its hash while in use)
+            return True
+        if h in self.cached:
+            return False
+        self.hash_of[block] = h
+        self.cached[h] = block
+        return True
 
     def release(self, seq: Sequence) -> None:
         """Return ``seq``'s blocks; hashed ones stay matchable until evicted. The tail goes in first, so it is

@@ -259,10 +259,16 @@ class ModelRunner:
 
     def _tables(self, seqs: list[Sequence], width: int) -> torch.Tensor:
         tables = np.zeros((len(seqs), width), dtype=np.int32)
+        self._fill_tables(tables, seqs)
+        return torch.from_numpy(tables).to(self.device)
+
+    @staticmethod
+    def _fill_tables(out: np.ndarray, seqs: list[Sequence]) -> None:
+        """Row i of ``out`` [>= len(seqs), W] gets sequence i's block table (its first W blocks)."""
+        width = out.shape[1]
         for i, seq in enumerate(seqs):
             n = min(width, len(seq.block_table))
-            tables[i, :n] = seq.block_table[:n]
-        return torch.from_numpy(tables).to(self.device)
+            out[i, :n] = seq.block_table[:n]
 
     # ---- sampling ---------------------------------------------------------------------------------
 
@@ -308,6 +314,7 @@ class ModelRunner:
         self.h_views = [t.numpy() for t in self._input_views(self.h_in, top)]
         self.g_tables = torch.zeros(top, width, dtype=torch.int32, device=dev)
         self.h_tables = torch.zeros(top, width, dtype=torch.int32).pin_memory()
+        self.h_tables_np = self.h_tables.numpy()  # the same pinned memory, filled per step
         self.g_logits = torch.zeros(top, self.model.spec.vocab_size, dtype=torch.float32, device=dev)
         self.g_tokens = torch.zeros(top, dtype=torch.int64, device=dev)
         pool = torch.cuda.graph_pool_handle()
@@ -366,10 +373,8 @@ class ModelRunner:
         h_ids[:n], h_slots[:n], h_lens[:n], h_pos[:n] = ids, slots, lens, pos
         h_ids[n:bs], h_slots[n:bs], h_lens[n:bs], h_pos[n:bs] = 0, 0, 1, 0
         width = max(len(seq.block_table) for seq in decodes)
-        tables = self.h_tables.numpy()
-        for i, seq in enumerate(decodes):
-            tables[i, : len(seq.block_table)] = seq.block_table
-        tables[n:bs, :width] = 0
+        self._fill_tables(self.h_tables_np, decodes)
+        self.h_tables_np[n:bs, :width] = 0
         self.g_in.copy_(self.h_in, non_blocking=True)
         self.g_tables[:bs, :width].copy_(self.h_tables[:bs, :width], non_blocking=True)
         self.graphs[bs].replay()

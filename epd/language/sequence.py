@@ -46,6 +46,9 @@ class Sequence:
     num_cached_prompt: int = 0  # prompt tokens served by the prefix cache at admission
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # of the full blocks of token_ids, in order
+    num_registered: int = 0  # leading full blocks of block_table offered to the prefix cache
+    unregistered: list[int] = field(default_factory=list)  # of those, the ones another block's copy held back
+    evictions_seen: int = 0  # the block manager's eviction count when they were last offered
     num_preemptions: int = 0
     output_ids: list[int] = field(default_factory=list)
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from epd_kernels import attention
+from epd_kernels.fused import add_rms_norm
+from epd_kernels.vision_ops import rms_norm, rotary, silu_mul
 
 TOWER_MODES = ("auto", "varlen", "sdpa", "eager")
 _IMPLEMENTATION = {"auto": attention.AUTO, "varlen": attention.VARLEN, "sdpa": "sdpa", "eager": "eager"}
@@ -105,9 +107,6 @@ def _block_forward(
     """The block's ``h += attn(norm1(h)); h += mlp(norm2(h))`` with both residual adds fused away: the
     first into the second norm (one kernel writes norm2's input and output), the second into the down
     projection's GEMM (its C operand, with the down bias already added to it by that kernel)."""
-    from epd_kernels.fused import add_rms_norm
-    from epd_kernels.vision_ops import silu_mul
-
     attn = self.attn(
         self.norm1(hidden_states), cu_seqlens=cu_seqlens, position_embeddings=position_embeddings, **kwargs
     )
@@ -157,28 +156,18 @@ def _fuse_gated_mlp(mlp: Any, multiple: int = 64) -> None:
 
 
 def _gated_mlp_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
-    from epd_kernels.vision_ops import silu_mul
-
     weight, bias = self._epd_gate_up
     gate_up = F.linear(hidden, weight, bias)  # [N, 2W]
     return F.linear(silu_mul(gate_up), self._epd_down, self.down_proj.bias)
 
 
 def _rms_norm_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
-    from epd_kernels.vision_ops import rms_norm
-
     return rms_norm(hidden, self.weight, self.variance_epsilon)
-
-
-def _fused_rotary(q, k, cos, sin):
-    from epd_kernels.vision_ops import rotary
-
-    return rotary(q, k, cos, sin)
 
 
 def _forward_with_fused_rotary(self: Any, *args: Any, **kwargs: Any) -> Any:
     """The tower's own forward, with its modeling module's vision rotary swapped for the fused one."""
-    with _swapped(sys.modules[type(self).__module__], "apply_rotary_pos_emb_vision", _fused_rotary):
+    with _swapped(sys.modules[type(self).__module__], "apply_rotary_pos_emb_vision", rotary):
         return type(self).forward(self, *args, **kwargs)
 
 

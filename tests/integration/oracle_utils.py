@@ -6,13 +6,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from epd.frontend import to_template_messages
 from epd.media import MediaConfig, load_audio, load_image, load_video, load_video_audio
 from epd.models.base import MediaInput
 from epd.models.families.qwen3_omni import OmniEncoder
 from epd.models.families.qwen_common import frame_sampling, load_hf_model, processor_kwargs
+
+
+def random_image(path: Path, size: tuple[int, int], seed: int) -> str:
+    """A random RGB image of ``size`` (width, height) saved at ``path``; returns the path as a string."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def image_part(url: str) -> dict:
+    """An OpenAI chat ``image_url`` content part."""
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
 def hf_model_class(ckpt: Path):

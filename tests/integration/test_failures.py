@@ -14,10 +14,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import REPO, read_results, run_epd, write_requests
-
-
-def _part(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
+from tests.integration.oracle_utils import image_part
 
 
 def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
@@ -33,14 +30,14 @@ def test_bad_media_fails_only_its_request(tmp_path, tiny_qwen25vl):
     not_b64 = "data:image/png;base64,@@@not-base64@@@"
     png_b64 = "data:image/png;base64," + base64.b64encode(good.read_bytes()).decode()
     bodies = {
-        "ok-path": [_part(str(good))],
-        "missing": [_part(str(tmp_path / "nope.png"))],
-        "ok-data-uri": [_part(png_b64)],
-        "truncated": [_part(str(good)), _part(str(truncated))],
-        "garbage": [_part(str(garbage))],
-        "bad-base64": [_part(not_b64)],
-        "ok-file-url": [_part(good.as_uri())],
-        "sliver": [_part(str(sliver))],
+        "ok-path": [image_part(str(good))],
+        "missing": [image_part(str(tmp_path / "nope.png"))],
+        "ok-data-uri": [image_part(png_b64)],
+        "truncated": [image_part(str(good)), image_part(str(truncated))],
+        "garbage": [image_part(str(garbage))],
+        "bad-base64": [image_part(not_b64)],
+        "ok-file-url": [image_part(good.as_uri())],
+        "sliver": [image_part(str(sliver))],
     }
     hi = {"type": "text", "text": "hi"}
     path = write_requests(tmp_path / "requests.jsonl", {rid: [*parts, hi] for rid, parts in bodies.items()}, 5)
@@ -169,7 +166,7 @@ def test_bad_video_and_audio_fail_only_their_request(tmp_path, tiny_qwen25vl):
         "ok-video": [_vpart(str(good))],
         "truncated-video": [_vpart(str(truncated))],
         "no-video-stream": [_vpart(str(audio_only))],
-        "unreachable": [_part("http://127.0.0.1:9/nothing.png")],
+        "unreachable": [image_part("http://127.0.0.1:9/nothing.png")],
         "audio-to-vision-model": [{"type": "audio_url", "audio_url": {"url": str(audio_only)}}],
     }
     hi = {"type": "text", "text": "hi"}
@@ -202,7 +199,11 @@ def test_modality_groups_route_and_unserved_modalities_are_refused(tmp_path, tin
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
     video = tmp_path / "v.mp4"
     write_test_video(video, 1.0, 8, (96, 64))
-    bodies = {"r0": [_part(str(image)), _vpart(str(video))], "r1": [_vpart(str(video))], "r2": [_part(str(image))]}
+    bodies = {
+        "r0": [image_part(str(image)), _vpart(str(video))],
+        "r1": [_vpart(str(video))],
+        "r2": [image_part(str(image))],
+    }
     path = write_requests(tmp_path / "requests.jsonl", bodies, 3)
 
     run_dir = tmp_path / "by-modality"

@@ -10,37 +10,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tests.conftest import read_results, run_epd
+from tests.integration.oracle_utils import image_part, random_image
 
 MAX_TOKENS = 12
-
-
-def _image(path: Path, size: tuple[int, int], seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return str(path)
-
-
-def _part(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 @pytest.fixture(scope="module")
 def requests_file(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("media")
-    a = _image(d / "a.png", (320, 240), 1)
-    b = _image(d / "b.jpg", (200, 400), 2)
-    c = _image(d / "c.png", (640, 360), 3)
+    a = random_image(d / "a.png", (320, 240), 1)
+    b = random_image(d / "b.jpg", (200, 400), 2)
+    c = random_image(d / "c.png", (640, 360), 3)
     bodies = [
         {
             "id": "one-image",
-            "messages": [{"role": "user", "content": [_part(a), {"type": "text", "text": "What is this?"}]}],
+            "messages": [{"role": "user", "content": [image_part(a), {"type": "text", "text": "What is this?"}]}],
         },
         {
             "id": "text-between",
@@ -50,9 +38,9 @@ def requests_file(tmp_path_factory) -> Path:
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "Compare"},
-                        _part(b),
+                        image_part(b),
                         {"type": "text", "text": "with"},
-                        _part(c),
+                        image_part(c),
                         {"type": "text", "text": "please."},
                     ],
                 },
@@ -66,9 +54,9 @@ def requests_file(tmp_path_factory) -> Path:
                 {
                     "role": "user",
                     "content": [
-                        _part(c),
-                        _part("file://" + a),
-                        _part(b),
+                        image_part(c),
+                        image_part("file://" + a),
+                        image_part(b),
                         {"type": "text", "text": "Which is largest?"},
                     ],
                 },

@@ -12,40 +12,34 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests.conftest import read_results, run_epd
-from tests.integration.oracle_utils import reference_tokens
+from tests.integration.oracle_utils import image_part, random_image, reference_tokens
 
 MAX_TOKENS = 8
-
-
-def _image(path: Path, size: tuple[int, int], seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return str(path)
-
-
-def _part(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 @pytest.fixture(scope="module")
 def requests_file(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("media")
-    a = _image(d / "a.png", (320, 240), 1)
-    b = _image(d / "b.png", (200, 400), 2)
-    c = _image(d / "c.png", (640, 360), 3)
-    e = _image(d / "e.png", (256, 256), 4)
+    a = random_image(d / "a.png", (320, 240), 1)
+    b = random_image(d / "b.png", (200, 400), 2)
+    c = random_image(d / "c.png", (640, 360), 3)
+    e = random_image(d / "e.png", (256, 256), 4)
     shutil.copy(a, d / "a-copy.png")
     a_uri = "data:image/png;base64," + base64.b64encode(Path(a).read_bytes()).decode()
     bodies = {
-        "many": [_part(a), _part(b), _part(c), _part(str(d / "a-copy.png")), {"type": "text", "text": "Which differ?"}],
-        "again": [{"type": "text", "text": "And this one?"}, _part(a_uri)],
-        "two": [_part(e), _part(b), {"type": "text", "text": "Compare."}],
-        "one": [_part(c), {"type": "text", "text": "Describe."}],
+        "many": [
+            image_part(a),
+            image_part(b),
+            image_part(c),
+            image_part(str(d / "a-copy.png")),
+            {"type": "text", "text": "Which differ?"},
+        ],
+        "again": [{"type": "text", "text": "And this one?"}, image_part(a_uri)],
+        "two": [image_part(e), image_part(b), {"type": "text", "text": "Compare."}],
+        "one": [image_part(c), {"type": "text", "text": "Describe."}],
         "text-only": "No picture here, only words.",
     }
     path = d / "requests.jsonl"
