@@ -19,12 +19,13 @@ def check_devices(device: str, topology: TopologyConfig, transfer_backend: str =
         raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu (or device=auto)")
     if count == 0:
         return
-    for rank, inst in enumerate(topology.instances):
-        if inst.gpu is not None and inst.gpu >= count:
+    for rank in range(topology.world_size):
+        gpu = pinned_gpu(topology, rank)
+        if gpu is not None and gpu >= count:
             raise ValueError(
-                f"topology {topology.name!r}: rank {rank} wants GPU {inst.gpu} but only {count} GPU(s) are visible"
+                f"topology {topology.name!r}: rank {rank} wants GPU {gpu} but only {count} GPU(s) are visible"
             )
-    gpus = [inst.gpu if inst.gpu is not None else rank % count for rank, inst in enumerate(topology.instances)]
+    gpus = [gpu_index(topology, rank, rank) for rank in range(topology.world_size)]
     if transfer_backend == "nccl" and len(set(gpus)) < len(gpus):
         raise ValueError(
             f"topology {topology.name!r} puts {len(gpus)} ranks on {count} GPU(s), and NCCL cannot connect two "
@@ -41,7 +42,15 @@ def rank_device(device: str, topology: TopologyConfig, rank: int, local_rank: in
     return torch.device("cuda", index)
 
 
+def pinned_gpu(topology: TopologyConfig, rank: int) -> int | None:
+    """The GPU the topology names for ``rank`` (its instance's ``gpu`` plus its place in the instance), or None."""
+    inst = topology.instance_at(rank)
+    if inst.gpu is None:
+        return None
+    return inst.gpu + topology.group_of(rank).index(rank)
+
+
 def gpu_index(topology: TopologyConfig, rank: int, local_rank: int) -> int:
-    """The GPU of rank ``rank``: its instance's ``gpu``, else its local rank modulo the GPUs here."""
-    gpu = topology.instances[rank].gpu
+    """The GPU of rank ``rank``: the one its instance names, else its local rank modulo the GPUs here."""
+    gpu = pinned_gpu(topology, rank)
     return gpu if gpu is not None else local_rank % torch.cuda.device_count()

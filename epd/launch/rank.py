@@ -75,7 +75,9 @@ class RankServer:
     def __init__(self, cfg: RunConfig, ctx: RankContext, device: torch.device, store: dist.Store) -> None:
         self.rank = ctx.rank
         self.channel = Channel(rank_name(ctx.rank), store)
-        role = cfg.topology.instances[ctx.rank].role
+        role = cfg.topology.instance_at(ctx.rank).role
+        if role in ("prefill", "decode") or cfg.topology.instance_at(ctx.rank).tp > 1:
+            raise ValueError(f"topology {cfg.topology.name!r}: {role} instances and tp > 1 are not served yet")
         ckpt = resolve_checkpoint(cfg.model)
         family = detect_family(ckpt)
         dtype = torch_dtype(cfg.model.dtype, device)
