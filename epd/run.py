@@ -1,22 +1,25 @@
 """``python -m epd.run [overrides]`` / ``torchrun -m epd.run [overrides]``: one experiment, end to end.
 
 Hydra composes ``conf/``; the result is converted once into a typed :class:`~epd.config.RunConfig`
-and checked before any process starts. Under torchrun every rank lands here and serves its role;
-started as a plain process, epd spawns the topology's ranks itself (one in-process rank when the
-topology has a single instance).
+and checked before any process starts, and the whole workload is built and checked in this process
+(``workload.jsonl`` in the run directory): a mistake in the config or the workload fails here, in
+seconds, with one line naming the key, file and line. Under torchrun every rank lands here and
+serves its role; started as a plain process, epd's own launcher starts the topology's ranks and the
+frontend (one in-process rank when the topology has a single instance).
 
 A sweep (``python -m epd.run -m +topology=1e1p,2e1p workload.request_rate=0.1,0.3``) runs its jobs
-one after another, each in ``<sweep dir>/<job number>/`` and each spawning its own ranks; a job
-that fails does not stop the others, and the sweep exits non-zero at the end if any failed.
-``python -m epd.report <sweep dir>`` then tabulates and plots them.
+one after another, each in ``<sweep dir>/<job number>/``; a job that fails does not stop the others,
+the failed ones are listed at the end and the sweep exits non-zero. ``python -m epd.report <sweep
+dir>`` then tabulates and plots them. Exit codes: ``epd.launch.exit_codes``.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import os
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import hydra
@@ -25,8 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from epd.config.schema import register_schemas
+from epd.launch import exit_codes
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+_FAILED_JOBS: list[str] = []
 
 
 def _run_stamp() -> str:
@@ -34,12 +39,10 @@ def _run_stamp() -> str:
     stamp = time.strftime("%H-%M-%S")
     from epd.launch.env import under_launcher
 
-    if under_launcher() and int(os.environ["WORLD_SIZE"]) > 1:
-        import torch.distributed as dist
+    if under_launcher() and int(os.environ["WORLD_SIZE"]) > 1 and "EPD_LAUNCHER_PID" not in os.environ:
+        from epd.launch.store import connect_store
 
-        store = dist.TCPStore(
-            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=2)
-        )
+        store = connect_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
         key = f"epd/run_stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
         stamp = store.compare_set(key, "", stamp).decode()
     return stamp
@@ -55,23 +58,33 @@ def main(dcfg: DictConfig) -> None:
         code = launch(dcfg)
     except ValueError as exc:
         print(f"epd: error: {exc}", file=sys.stderr)
-        code = 2
+        code = exit_codes.BAD_CONFIG
     if code:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra records the failure and runs the next job
-            raise RuntimeError(f"epd: sweep job {HydraConfig.get().job.num} failed with exit code {code}")
+            job = HydraConfig.get().job
+            _FAILED_JOBS.append(f"job {job.num} ({' '.join(job.override_dirname.split(','))}): exit code {code}")
+            if len(_FAILED_JOBS) == 1:
+                atexit.register(_list_failed_jobs)
+            raise RuntimeError(f"epd: sweep job {job.num} failed with exit code {code}")
         sys.exit(code)
 
 
+def _list_failed_jobs() -> None:
+    print(f"epd: {len(_FAILED_JOBS)} sweep job(s) failed:", file=sys.stderr)
+    for line in _FAILED_JOBS:
+        print(f"  {line}", file=sys.stderr)
+
+
 def launch(dcfg: DictConfig) -> int:
-    from epd.config import build_run_config, save_run_config
-    from epd.launch.env import context_from_env, setup_logging, under_launcher
-    from epd.launch.rank import RankContext, run_rank
-    from epd.models import detect_family, resolve_checkpoint
+    from epd.config import build_run_config
+    from epd.launch.env import context_from_env, under_launcher
+    from epd.launch.logs import setup_logging
+    from epd.launch.rank import run_rank
 
     raw = OmegaConf.to_container(dcfg, resolve=True)
     raw["run_dir"] = HydraConfig.get().runtime.output_dir
-    cfg = build_run_config(raw)
-    detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
+    cfg = with_defaults(build_run_config(raw))
+    check_model(cfg)
     config_file = Path(cfg.run_dir) / "epd_config.json"
     world = cfg.topology.world_size
 
@@ -80,23 +93,72 @@ def launch(dcfg: DictConfig) -> int:
         if ctx.world_size != world:
             raise ValueError(
                 f"topology {cfg.topology.name!r} needs {world} rank(s) but torchrun started {ctx.world_size}: "
-                f"use torchrun --nproc-per-node {world} (or plain python -m epd.run, which spawns them)"
+                f"use torchrun --nproc-per-node {world} (or plain python -m epd.run, which starts them)"
             )
-        setup_logging(ctx.rank)
+        setup_logging(f"rank{ctx.rank}", cfg.run_dir, cfg.logger.quiet)
         if ctx.rank == 0:
-            save_run_config(cfg, config_file)
+            prepare_run(cfg, config_file)
         return run_rank(cfg, ctx)
 
-    save_run_config(cfg, config_file)
+    setup_logging("launcher", cfg.run_dir, cfg.logger.quiet)
+    prepare_run(cfg, config_file)
     if world > 1:
-        from epd.launch.spawn import spawn_ranks
+        from epd.launch.spawn import spawn_job
 
-        return spawn_ranks(world, config_file)
-    import torch.distributed as dist
+        return spawn_job(cfg, config_file)
+    from epd.launch.rank import RankContext, in_process_secret
+    from epd.launch.store import serve_store
 
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(minutes=10))
-    ctx = RankContext(rank=0, world_size=1, local_rank=0, store_host="127.0.0.1", store_port=store.port)
-    return run_rank(cfg, ctx, store=store)
+    store, port = serve_store("127.0.0.1")
+    ctx = RankContext(rank=0, world_size=1, local_rank=0, store_host="127.0.0.1", store_port=port)
+    return run_rank(cfg, ctx, store=store, secret=in_process_secret())
+
+
+def with_defaults(cfg):
+    """Fill what depends on the run: local media may come from the workload file's folder and the run
+    directory unless ``media.allowed_dirs`` names folders itself."""
+    media = cfg.media
+    if getattr(media, "allowed_dirs", []) is None:
+        dirs = [str(Path(cfg.run_dir).absolute())]
+        if cfg.workload.path:
+            dirs.insert(0, str(Path(cfg.workload.path).expanduser().absolute().parent))
+        cfg = dataclasses.replace(cfg, media=dataclasses.replace(media, allowed_dirs=dirs))
+    return cfg
+
+
+def check_model(cfg) -> None:
+    """Everything about the model that can be checked without loading it (``ValueError`` otherwise)."""
+    from epd.models import detect_family, resolve_checkpoint
+
+    detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
+    try:
+        from epd.models.memory import check_memory
+    except ImportError:
+        return
+    check_memory(cfg)
+
+
+def prepare_run(cfg, config_file: Path) -> None:
+    """Write the typed config and build and check the whole workload (``workload.jsonl``), before any rank
+    has loaded a model; a broken workload raises ``ValueError`` naming file, line and key."""
+    from transformers import AutoTokenizer
+
+    from epd.config import save_run_config
+    from epd.frontend.job import WORKLOAD_FILE
+    from epd.models import resolve_checkpoint
+    from epd.workload import build_workload, save_requests
+
+    save_run_config(cfg, config_file)
+    run_dir = Path(cfg.run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(cfg.model))
+    requests = build_workload(cfg.workload, run_dir / "media", tokenizer=tokenizer)
+    save_requests(run_dir / WORKLOAD_FILE, requests)
+    bad = [r for r in requests if r.error is not None]
+    if bad:
+        print(
+            f"epd: {len(bad)} of {len(requests)} request(s) are invalid and will fail alone; first: {bad[0].error}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

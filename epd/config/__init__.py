@@ -13,6 +13,7 @@ from typing import Any
 from epd.config.convert import from_dict, to_dict
 from epd.encoder.config import EncoderConfig
 from epd.language.config import EngineConfig
+from epd.launch.config import LaunchConfig
 from epd.launch.device import check_devices
 from epd.launch.topology import TopologyConfig
 from epd.media.config import MediaConfig
@@ -36,6 +37,7 @@ class RunConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     device: str = "auto"
     """``auto`` (GPU when present), ``cpu`` or ``cuda``."""
     run_dir: str = "."

@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from epd.config.convert import to_dict
 from epd.encoder.config import EncoderConfig
 from epd.language.config import EngineConfig
+from epd.launch.config import LaunchConfig
 from epd.launch.topology import TopologyConfig
 from epd.media.config import MediaConfig
 from epd.metrics import LoggerConfig
@@ -33,6 +34,7 @@ GROUPS: dict[str, type] = {
     "workload": WorkloadConfig,
     "logger": LoggerConfig,
     "media": MediaConfig,
+    "launch": LaunchConfig,
 }
 
 

@@ -1,10 +1,16 @@
-"""The frontend: turns workload requests into engine work and collects what comes back.
+"""The frontend: turns requests into engine work and collects what comes back.
 
-It tokenizes (chat template, one placeholder per media item), sizes and hashes each item
-(``MediaProbe``), assigns it an encoder through the policy, sends the prompt to a language instance,
-timestamps every token as it arrives, learns from the encoders' ``ItemDone`` reports when each item
-left its encoder (which drains the policy's load) and, when the last request ends, stops the ranks
-and writes the results. Text-only requests go to the language instance alone: no encoder sees them.
+It takes requests from a source (``epd.frontend.source``: a workload on its arrival schedule, or the
+HTTP server), checks them (``epd.frontend.validate``), tokenizes (chat template, one placeholder per
+media item), sizes and hashes each item (``MediaProbe``), assigns it an encoder through the policy,
+sends the prompt to a language instance, timestamps every token as it arrives and appends each
+finished request's record to the run directory at once (``RecordWriter``).
+
+It also watches the job (``epd.frontend.watch``): ranks beat, and a rank that goes silent or that the
+launcher reports lost is handled — a lost encoder's items go to the other encoders; a lost language
+rank ends the job. However the job ends (the last request, Ctrl-C, SIGTERM, a lost rank),
+``finish_run`` writes results.json from every request: finished ones as they ended, the others
+marked ``aborted: <why>``.
 """
 
 from __future__ import annotations
@@ -12,37 +18,43 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from epd.config import RunConfig, to_dict
+from epd.config import RunConfig
 from epd.frontend.chat import to_template_messages
 from epd.frontend.probe import MediaProbe
-from epd.frontend.report import format_encoder_table, item_stats
-from epd.metrics import RequestRecord, build_logger, format_table
-from epd.metrics.memory import read_peak_memory
-from epd.metrics.phases import summarize_run
+from epd.frontend.source import RequestSource
+from epd.frontend.validate import Limits, check_length, check_request
+from epd.metrics import RequestRecord
 from epd.metrics.progress import ProgressBar
+from epd.metrics.records import stamp_latencies
+from epd.metrics.writer import RecordWriter
 from epd.models import detect_family, resolve_checkpoint
 from epd.protocol import (
     FRONTEND,
     Abort,
     Channel,
     EncodeItem,
+    ItemDone,
     ItemRef,
     NewRequest,
     RequestOutput,
     SamplingParams,
-    Shutdown,
+    job_roles,
     rank_name,
 )
-from epd.protocol.messages import ItemDone
 from epd.scheduler import MediaItemInfo, build_encoder_policy
-from epd.workload import ArrivalDriver, WorkloadRequest, build_workload
+from epd.workload import WorkloadRequest
 
 log = logging.getLogger("epd.frontend")
 
-REPORT_GRACE_S = 5.0
-"""After the last request ends, how long the frontend waits for the encoders' last item reports."""
+
+class JobStopped(Exception):
+    """The job must end now; ``reason`` goes into every unfinished request's error, ``code`` is the exit code."""
+
+    def __init__(self, reason: str, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
 
 
 @dataclass
@@ -57,7 +69,7 @@ class Tracked:
 
 
 class Frontend:
-    def __init__(self, cfg: RunConfig, store) -> None:
+    def __init__(self, cfg: RunConfig, store, secret: bytes, bind_host: str = "127.0.0.1") -> None:
         from transformers import AutoProcessor
 
         self.cfg = cfg
@@ -66,110 +78,108 @@ class Frontend:
         self.processor = AutoProcessor.from_pretrained(ckpt)
         self.tokenizer = self.processor.tokenizer
         self.model_modalities = detect_family(ckpt).modalities
-        encoders = cfg.topology.encoder_modalities(self.model_modalities)
-        self.served = {m for mods in encoders.values() for m in mods}
-        self.policy = build_encoder_policy(cfg.scheduler, encoders)
+        self.encoders = cfg.topology.encoder_modalities(self.model_modalities)
+        self.policy = build_encoder_policy(cfg.scheduler, self.encoders)
         self.probe = MediaProbe(
             cfg.scheduler,
             hash_content=self.policy.needs_content_hash or cfg.encoder.cache_enabled,
             image_processor=getattr(self.processor, "image_processor", None),
         )
+        self.limits = Limits(max_context=context_limit(ckpt, cfg.engine.max_model_len))
         # items sent to an encoder whose ItemDone has not come back yet
         self.unreported: dict[tuple[str, int], tuple[Tracked, MediaItemInfo, int]] = {}
         self.language_load = {rank: 0 for rank in cfg.topology.language_ranks}
-        self.channel = Channel(FRONTEND, store)
-        self.inflight: dict[str, Tracked] = {}
-        self.records: list[RequestRecord] = []
-        self.progress = ProgressBar(0, enabled=False)  # the measured phase's bar is made in run()
-
-    def run(self) -> dict:
-        """Warm up, send the measured workload on its arrival schedule, stop the ranks, write results."""
-        run_dir = Path(self.cfg.run_dir)
-        requests = build_workload(self.cfg.workload, run_dir / "media", tokenizer=self.tokenizer)
-        self.store.wait([f"epd/ready/{r}" for r in range(self.cfg.topology.world_size)])
-        try:
-            self._play([r for r in requests if r.warmup])
-            measured = [r for r in requests if not r.warmup]
-            self.progress = ProgressBar(len(measured), enabled=not self.cfg.logger.quiet)
-            start = time.time()
-            driver = self._play(measured)
-            duration = time.time() - start
-            self._await_item_reports(REPORT_GRACE_S)
-        finally:
-            self.progress.close()
-            for rank in range(self.cfg.topology.world_size):
-                self.channel.send(rank_name(rank), Shutdown())
-            self.channel.close()
-        records = [rec for rec in self.records if not rec.warmup]  # what the results list
-        wl = self.cfg.workload
-        summary = summarize_run(
-            self.records,  # warm-up ones too: the summary leaves them out of every figure but num_warmup
-            max(duration, 1e-9),
-            phase_starts=driver.phase_starts,
-            phase_rates=wl.phase_rates,
-            slo_ttft_ms=wl.slo_ttft_ms,
-            slo_tpot_ms=wl.slo_tpot_ms,
+        self.channel = Channel(
+            FRONTEND, store, secret, job_roles(cfg.topology), bind_host, cfg.launch.max_message_bytes
         )
-        summary["peak_memory"] = read_peak_memory(self.store, self.cfg.topology.world_size)  # ranks report at shutdown
-        with build_logger(self.cfg.logger, run_dir) as logger:
-            logger.log_run(to_dict(self.cfg), summary, records)
-        if not self.cfg.logger.quiet:
-            print(format_table(summary), flush=True)
-        if summary.get("encoders") and not self.cfg.logger.quiet:
-            print(format_encoder_table(summary), flush=True)
-        return summary
+        self.inflight: dict[str, Tracked] = {}
+        self.records: list[RequestRecord] = []  # finished, in the order they finished
+        self.record_of: dict[int, RequestRecord] = {}  # id() of every request submitted → its record
+        self.writer = RecordWriter(cfg.run_dir)
+        self.lost: set[int] = set()  # ranks declared lost
+        self.events: list[dict] = []  # what happened to the job (lost ranks, items re-sent)
+        self.progress = ProgressBar(0, enabled=False)  # the measured phase's bar is made by the run
+        self.signals: list[int] = []  # set by the process's signal handlers
 
-    def _play(self, requests: list[WorkloadRequest]) -> ArrivalDriver:
-        """Submit ``requests`` on their schedule from now (arrival offsets, phases, the concurrency cap:
-        ``ArrivalDriver``); return when all have ended."""
-        driver = ArrivalDriver(requests, start=time.time(), concurrency=self.cfg.workload.concurrency)
+    @property
+    def served(self) -> set[str]:
+        return {m for mods in self.encoders.values() for m in mods}
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def play(self, source: RequestSource, watch) -> None:
+        """Submit ``source``'s requests as they come due and collect their outputs until the source is done
+        and nothing is in flight; ``JobStopped`` when the job must end first."""
         seen = len(self.records)
-        goal = seen + len(requests)
-        while len(self.records) < goal:
-            for req, arrival in driver.due(time.time(), len(self.inflight)):
-                self.submit(req, arrival=arrival)
-            wait_ms = min(driver.wait_s(time.time()) * 1000, 50)
-            for msg in self.channel.recv(max(0, int(wait_ms))):
-                self.on_output(msg)
+        while not (source.done and not self.inflight):
+            watch.check()
+            now = time.time()
+            for req, arrival in source.due(now, len(self.inflight)):
+                self.submit(req, arrival)
+            wait_ms = min(source.wait_s(time.time()) * 1000, 20)
+            for sender, msg in self.channel.recv(max(0, int(wait_ms))):
+                watch.heard(sender)
+                self.on_message(sender, msg, watch)
             for rec in self.records[seen:]:
                 if not rec.warmup:
                     self.progress.update(rec)
             seen = len(self.records)
-        return driver
 
-    def _await_item_reports(self, timeout_s: float) -> None:
-        """Encoders report items on their own socket: collect the last reports (their stats) before stopping."""
-        deadline = time.time() + timeout_s
-        while self.unreported and time.time() < deadline:
-            for msg in self.channel.recv(20):
-                self.on_output(msg)
-        if self.unreported:
-            log.warning("%d media item(s) were never reported by their encoder", len(self.unreported))
+    def on_message(self, sender: str, msg, watch) -> None:
+        rank = _rank_of(sender)
+        if rank is not None and rank in self.lost:
+            self.channel._drop("from-lost-rank", f"{type(msg).__name__} from {sender}, declared lost")
+            return
+        if isinstance(msg, ItemDone):
+            self.on_item_done(msg)
+        elif isinstance(msg, RequestOutput):
+            self.on_output(msg)
+        else:
+            watch.on_message(sender, msg)
+
+    # ---- submitting -----------------------------------------------------------------------------
 
     def submit(self, req: WorkloadRequest, arrival: float) -> None:
+        """Check, tokenize, assign and send one request; any problem fails it alone, recorded."""
         record = RequestRecord(id=req.id, arrival=arrival, warmup=req.warmup, phase=req.phase)
+        self.record_of[id(req)] = record
         tracked = Tracked(req=req, record=record)
         try:
+            if req.error is not None:
+                raise ValueError(req.error)
+            if req.id in self.inflight:
+                raise ValueError(f"id {req.id!r} is already in flight: request ids must be unique")
+            check_request(req, self.limits)
             prompt_ids, media = self.tokenize(req)
-        except Exception as exc:  # a template or tokenizer failure fails this request, not the run
+            check_length(len(prompt_ids), req.max_tokens, self.limits, "the prompt (before media tokens)")
+            record.timestamps["tokenized"] = time.time()
+            tracked.items = [self.probe.item(req.id, i, m) for i, m in enumerate(media)]
+            tracked.encoders = self.policy.assign(tracked.items) if tracked.items else []
+            new_request = self._new_request(req, tracked, prompt_ids)
+        except Exception as exc:  # anything wrong with this request fails it, never the frontend
+            for item, enc in zip(tracked.items, tracked.encoders, strict=False):
+                self.policy.on_item_done(enc, item)
             record.error = f"bad request: {exc}"
-            self.records.append(record)
+            record.finish_reason = "error"
+            self._finish_record(record)
             return
-        record.timestamps["tokenized"] = time.time()
-        tracked.items = [self.probe.item(req.id, i, m) for i, m in enumerate(media)]
-        tracked.encoders = self.policy.assign(tracked.items) if tracked.items else []
         record.items = [
             {"modality": it.modality, "encoder": enc, "est_tokens": it.est_tokens}
             for it, enc in zip(tracked.items, tracked.encoders, strict=True)
         ]
-        tracked.language_rank = min(self.language_load, key=self.language_load.get)
         self.language_load[tracked.language_rank] += 1
         self.inflight[req.id] = tracked
+        self.channel.send(rank_name(tracked.language_rank), new_request)
+        for item, enc in zip(tracked.items, tracked.encoders, strict=True):
+            self.send_item(tracked, item, enc)
+
+    def _new_request(self, req: WorkloadRequest, tracked: Tracked, prompt_ids: list[int]) -> NewRequest:
+        tracked.language_rank = min(self.language_load, key=self.language_load.get)
         sampling = SamplingParams(
             max_tokens=req.max_tokens,
-            temperature=req.temperature,
+            temperature=float(req.temperature),
             top_k=req.top_k,
-            top_p=req.top_p,
+            top_p=float(req.top_p),
             ignore_eos=req.ignore_eos,
             seed=req.seed,
             stop=req.stop,
@@ -178,24 +188,22 @@ class Frontend:
             ItemRef(index=it.index, modality=it.modality, encoder_rank=enc)
             for it, enc in zip(tracked.items, tracked.encoders, strict=True)
         ]
+        return NewRequest(request_id=req.id, prompt_token_ids=prompt_ids, items=refs, sampling=sampling)
+
+    def send_item(self, tracked: Tracked, item: MediaItemInfo, enc: int) -> None:
+        self.unreported[item.key] = (tracked, item, enc)
         self.channel.send(
-            rank_name(tracked.language_rank),
-            NewRequest(request_id=req.id, prompt_token_ids=prompt_ids, items=refs, sampling=sampling),
+            rank_name(enc),
+            EncodeItem(
+                request_id=tracked.req.id,
+                index=item.index,
+                modality=item.modality,
+                source=item.source,
+                language_rank=tracked.language_rank,
+                content_hash=item.content_hash,
+                est_tokens=item.est_tokens,
+            ),
         )
-        for item, enc in zip(tracked.items, tracked.encoders, strict=True):
-            self.unreported[item.key] = (tracked, item, enc)
-            self.channel.send(
-                rank_name(enc),
-                EncodeItem(
-                    request_id=req.id,
-                    index=item.index,
-                    modality=item.modality,
-                    source=item.source,
-                    language_rank=tracked.language_rank,
-                    content_hash=item.content_hash,
-                    est_tokens=item.est_tokens,
-                ),
-            )
 
     def tokenize(self, req: WorkloadRequest) -> tuple[list[int], list]:
         """Chat template + tokenizer; one placeholder token per media item (the language side expands it)."""
@@ -214,23 +222,24 @@ class Frontend:
                 raise ValueError(
                     f"no encoder of topology {self.cfg.topology.name!r} takes {m.modality}; give one "
                     f"encoder instance `modalities: [{m.modality}, ...]` or drop the list"
+                    + (" (the encoders that did were lost)" if self.lost else "")
                 )
+
+    # ---- results coming back --------------------------------------------------------------------
 
     def on_item_done(self, msg: ItemDone) -> None:
         """An encoder is done with an item: drain its load, record how it was served."""
-        entry = self.unreported.pop((msg.request_id, msg.index), None)
-        if entry is None:
+        from epd.frontend.report import item_stats
+
+        entry = self.unreported.get((msg.request_id, msg.index))
+        if entry is None or entry[2] != msg.encoder_rank:  # unknown, or an item since re-sent elsewhere
             return
+        del self.unreported[(msg.request_id, msg.index)]
         tracked, item, enc = entry
         self.policy.on_item_done(enc, item)
         tracked.record.items[item.index].update(item_stats(msg))
 
-    def on_output(self, msg: RequestOutput | ItemDone) -> None:
-        if isinstance(msg, ItemDone):
-            self.on_item_done(msg)
-            return
-        if not isinstance(msg, RequestOutput):
-            raise RuntimeError(f"frontend got an unexpected {type(msg).__name__}")
+    def on_output(self, msg: RequestOutput) -> None:
         tracked = self.inflight.get(msg.request_id)
         if tracked is None:
             return
@@ -245,17 +254,39 @@ class Frontend:
         if stopped is not None:  # the language rank keeps going until told: tell it, finish here
             self.channel.send(rank_name(tracked.language_rank), Abort(request_id=msg.request_id))
         elif not msg.finished:
+            self.on_progress(tracked, msg.token_ids)
             return
         rec.error = msg.error
         rec.finish_reason = "stop" if stopped is not None else msg.finish_reason
         rec.num_cached_tokens, rec.num_preemptions = msg.num_cached_tokens, msg.num_preemptions
-        rec.timestamps["frontend_finished"] = now
         rec.output_text = stopped if stopped is not None else self._detokenize(rec.output_token_ids)
+        self.end(tracked, msg.token_ids)
+
+    def on_progress(self, tracked: Tracked, new_tokens: list[int]) -> None:
+        """New tokens of a request in flight (the HTTP source streams them)."""
+
+    def end(self, tracked: Tracked, new_tokens: list[int] | None = None) -> None:
+        """``tracked`` is over (finished, failed or aborted): free its load, record it."""
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.policy.on_item_done(enc, item)
+            self.unreported.pop(item.key, None)
         self.language_load[tracked.language_rank] -= 1
-        del self.inflight[msg.request_id]
-        self.records.append(rec)
+        self.inflight.pop(tracked.req.id, None)
+        self._finish_record(tracked.record)
+
+    def abort(self, tracked: Tracked, error: str) -> None:
+        """End a request in flight with ``error``; its language rank frees it."""
+        if tracked.language_rank not in self.lost:
+            self.channel.send(rank_name(tracked.language_rank), Abort(request_id=tracked.req.id))
+        tracked.record.error = error
+        tracked.record.finish_reason = "abort"
+        self.end(tracked)
+
+    def _finish_record(self, record: RequestRecord) -> None:
+        record.timestamps["frontend_finished"] = time.time()
+        stamp_latencies(record)
+        self.records.append(record)
+        self.writer.write(record)
 
     def _stop_string(self, tracked: Tracked) -> str | None:
         """The output text before the first stop string, once one has appeared (else None)."""
@@ -268,3 +299,19 @@ class Frontend:
     def _detokenize(self, ids: list[int]) -> str:
         vocab = len(self.tokenizer)
         return self.tokenizer.decode([i for i in ids if i < vocab], skip_special_tokens=True)
+
+
+def _rank_of(sender: str) -> int | None:
+    return int(sender[4:]) if sender.startswith("rank") and sender[4:].isdigit() else None
+
+
+def context_limit(ckpt, max_model_len: int) -> int:
+    """Prompt + output tokens a request may use: ``engine.max_model_len`` capped by the model's positions."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(ckpt)
+    for part in ("thinker_config", "text_config"):
+        config = getattr(config, part, None) or config
+    config = getattr(config, "text_config", None) or config
+    positions = getattr(config, "max_position_embeddings", None)
+    return min(max_model_len, positions) if positions else max_model_len

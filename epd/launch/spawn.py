@@ -1,37 +1,181 @@
-"""Start a multi-rank job from a plain ``python -m epd.run``: torch's elastic launcher spawns the ranks.
+"""epd's own launcher: ``python -m epd.run`` starts a job's ranks and its frontend and watches them.
 
-Each rank runs ``python -m epd.launch.worker <epd_config.json>`` with the usual torchrun environment
-(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT of the launcher's store). When a rank fails the
-launcher stops the others; Ctrl-C stops them all.
+It serves the job's store on 127.0.0.1, draws the job secret and hands it to its children by
+environment, and starts every rank (``python -m epd.launch.worker``) and the frontend
+(``python -m epd.frontend``) in sessions of their own, so Ctrl-C in the terminal reaches only the
+launcher, which passes it to the frontend: the frontend writes every finished result, tells the
+ranks to stop and exits with the job's code. Children die with the launcher (``PR_SET_PDEATHSIG``
+and a parent watch), so even a SIGKILLed launcher leaves nothing behind.
+
+When a rank ends before the frontend told it to stop, the launcher tells the frontend
+(``PeerLost``): a lost encoder's items go to the other encoders and the run goes on; a lost
+language rank ends the job with its finished results kept. At the end it removes whatever shm
+segments of the job are left and kills any process still there after ``launch.shutdown_grace_s``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import subprocess
 import sys
-import uuid
+import time
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from epd.config import RunConfig
+from epd.launch import exit_codes
+from epd.launch.exit_codes import describe_exit
+from epd.launch.secret import SECRET_ENV, job_id, new_secret, parse_secret
+from epd.launch.store import serve_store
+from epd.protocol import FRONTEND, LAUNCHER, Channel, PeerLost, job_roles
+from epd.protocol.auth import seal_value
+from epd.transfer.cleanup import remove_job_segments
+
+log = logging.getLogger("epd")
+
+POLL_S = 0.05
+EXITED_KEY = "epd/exited/{rank}"
+"""Store key the launcher sets when a rank ends unasked (sealed): the frontend reads it while it waits
+for the ranks to come up."""
 
 
-def spawn_ranks(world_size: int, config_file: Path) -> int:
-    """Run ``world_size`` ranks on this node; the exit code is 0 only if every rank succeeded."""
-    launch = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=world_size,
-        run_id=f"epd-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-    )
-    try:
-        elastic_launch(launch, entrypoint=sys.executable)("-m", "epd.launch.worker", str(config_file))
-    except ChildFailedError as exc:
-        failures = ", ".join(f"rank {r} (exit {f.exitcode})" for r, f in sorted(exc.failures.items()))
-        print(f"epd: a rank failed: {failures}; see its traceback above", file=sys.stderr)
-        return 1
-    return 0
+def spawn_job(cfg: RunConfig, config_file: Path) -> int:
+    """Run the job's ranks and frontend on this node; returns the job's exit code (``exit_codes``)."""
+    return Supervisor(cfg, config_file).run()
+
+
+class Supervisor:
+    def __init__(self, cfg: RunConfig, config_file: Path) -> None:
+        self.cfg = cfg
+        self.config_file = config_file
+        self.secret_hex = new_secret()
+        self.secret = parse_secret(self.secret_hex)
+        self.store, self.port = serve_store("127.0.0.1")
+        self.ranks: dict[int, subprocess.Popen] = {}
+        self.frontend: subprocess.Popen | None = None
+        self.signals: list[int] = []
+        self.reported: set[int] = set()
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        channel = None
+        try:
+            self._start()
+            channel = Channel(LAUNCHER, self.store, self.secret, job_roles(self.cfg.topology))
+            return self._watch(channel)
+        finally:
+            self._stop_all()
+            if channel is not None:
+                channel.close()
+            remove_job_segments(self.cfg.transfer, job_id(self.secret))
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # ---- start ----------------------------------------------------------------------------------
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single node: gloo's sockets on loopback only
+        env.update(
+            {
+                SECRET_ENV: self.secret_hex,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(self.port),
+                "WORLD_SIZE": str(self.cfg.topology.world_size),
+                "LOCAL_WORLD_SIZE": str(self.cfg.topology.world_size),
+                "EPD_LAUNCHER_PID": str(os.getpid()),
+                **extra,
+            }
+        )
+        return env
+
+    def _start(self) -> None:
+        for rank in range(self.cfg.topology.world_size):
+            env = self._env(RANK=str(rank), LOCAL_RANK=str(rank))
+            cmd = [sys.executable, "-m", "epd.launch.worker", str(self.config_file)]
+            self.ranks[rank] = _popen(cmd, env)
+        cmd = [sys.executable, "-m", "epd.frontend", str(self.config_file), "127.0.0.1", str(self.port)]
+        self.frontend = _popen(cmd, self._env())
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signals.append(signum)
+
+    # ---- watch ----------------------------------------------------------------------------------
+
+    def _watch(self, channel: Channel) -> int:
+        forwarded = 0
+        deadline = None
+        while True:
+            if len(self.signals) > forwarded:
+                forwarded = len(self.signals)
+                if forwarded > 1:  # asked twice: stop now
+                    log.warning("epd: second signal: killing the job")
+                    return exit_codes.for_signal(self.signals[-1])
+                _signal(self.frontend, self.signals[0])
+                deadline = time.monotonic() + max(60.0, 6 * self.cfg.launch.shutdown_grace_s)
+            code = self.frontend.poll()
+            if code is not None:
+                return self._frontend_ended(code)
+            for rank, proc in self.ranks.items():
+                if rank not in self.reported and proc.poll() is not None:
+                    self.reported.add(rank)
+                    if proc.returncode != 0:  # 0: the frontend told it to stop (only it may)
+                        self._rank_lost(channel, rank, proc.returncode)
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("epd: the frontend did not finish after the signal: killing the job")
+                return exit_codes.for_signal(self.signals[0])
+            time.sleep(POLL_S)
+
+    def _rank_lost(self, channel: Channel, rank: int, returncode: int) -> None:
+        role = self.cfg.topology.instance_at(rank).role
+        reason = f"rank {rank} ({role}) {describe_exit(returncode)}"
+        log.error("epd: %s before the job told it to stop", reason)
+        key = EXITED_KEY.format(rank=rank)
+        self.store.set(key, seal_value(self.secret, key, reason))
+        if self.store.check([f"epd/addr/{FRONTEND}"]):
+            channel.send(FRONTEND, PeerLost(rank=rank, reason=reason))
+
+    def _frontend_ended(self, code: int) -> int:
+        if code < 0 or code not in (0, 1, 3, 130, 143):
+            log.error(
+                "epd: the frontend %s; the requests that finished are in %s/records.jsonl "
+                "(python -m epd.report %s rebuilds results.json from them)",
+                describe_exit(code),
+                self.cfg.run_dir,
+                self.cfg.run_dir,
+            )
+            return exit_codes.JOB_FAILED
+        return code
+
+    def _stop_all(self) -> None:
+        """Give the ranks ``shutdown_grace_s`` to leave (the frontend told them to), then kill what is left."""
+        procs = [p for p in [*self.ranks.values(), self.frontend] if p is not None]
+        deadline = time.monotonic() + self.cfg.launch.shutdown_grace_s
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        for proc in procs:
+            if proc.poll() is None:
+                log.warning("epd: killing pid %d, still running after the job ended", proc.pid)
+                _signal(proc, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
+
+
+def _popen(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+
+
+def _signal(proc: subprocess.Popen | None, signum: int) -> None:
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies (Linux), even if it is SIGKILLed."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -48,15 +48,17 @@ def report_peak_memory(store, rank: int, device: torch.device) -> None:
     store.set(KEY.format(rank=rank), json.dumps(peak_memory(device)))
 
 
-def read_peak_memory(store, world_size: int, timeout_s: float = 30.0) -> dict[str, dict]:
-    """{"<rank>": peak_memory(...)} of every rank that reported within `timeout_s`."""
-    keys = [KEY.format(rank=rank) for rank in range(world_size)]
+def read_peak_memory(store, ranks, timeout_s: float = 30.0) -> dict[str, dict]:
+    """{"<rank>": peak_memory(...)} of every rank of ``ranks`` (or of ``range(ranks)`` for an int) that
+    reported within `timeout_s`."""
+    ranks = list(range(ranks)) if isinstance(ranks, int) else list(ranks)
+    keys = [KEY.format(rank=rank) for rank in ranks]
     try:
         store.wait(keys, timedelta(seconds=timeout_s))
     except Exception as exc:  # a missing rank must not lose the run's results
         log.warning("peak memory: not every rank reported within %.0f s (%s)", timeout_s, exc)
     out = {}
-    for rank, key in enumerate(keys):
+    for rank, key in zip(ranks, keys, strict=True):
         try:
             if store.check([key]):
                 out[str(rank)] = json.loads(store.get(key))

@@ -38,11 +38,29 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     """Load phase of the request (`workload.phase_rates`); 0 when the run has one phase."""
     items: list[dict] = []
     """One entry per media item: modality and the encoder rank it was assigned to."""
+    ttft_ms: float | None = None
+    """Time to first token (set when the request ends; None without tokens)."""
+    tpot_ms: float | None = None
+    """Mean time per output token after the first (None with fewer than two tokens)."""
+    e2e_ms: float | None = None
+    """Arrival to last token (None without tokens)."""
 
     @property
     def num_output_tokens(self) -> int:
         """Output tokens produced (the ids when recorded, else one per token time)."""
         return len(self.output_token_ids) or len(self.token_times)
+
+
+def stamp_latencies(record: RequestRecord) -> None:
+    """Fill the record's ``ttft_ms``, ``tpot_ms`` and ``e2e_ms`` from its token times."""
+    times = record.token_times
+    if not times:
+        record.ttft_ms = record.tpot_ms = record.e2e_ms = None
+        return
+    n = record.num_output_tokens
+    record.ttft_ms = (times[0] - record.arrival) * 1e3
+    record.e2e_ms = (times[-1] - record.arrival) * 1e3
+    record.tpot_ms = (times[-1] - times[0]) * 1e3 / (n - 1) if n > 1 else None
 
 
 def record_to_dict(record: RequestRecord) -> dict:
@@ -51,7 +69,7 @@ def record_to_dict(record: RequestRecord) -> dict:
 
 
 def load_records(path: Path) -> list[RequestRecord]:
-    """Records from a run's results.json, its requests.jsonl, or the run directory."""
+    """Records from a run's results.json, its records.jsonl, or the run directory."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"

@@ -6,13 +6,17 @@ clear error instead of being misread. Tensors never travel here: only a transfer
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from epd.transfer import TransferHandle
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+
+INT64_MAX = 2**63 - 1
+MAX_TOKENS = 2**31 - 1
 
 
 class Message(msgspec.Struct, tag=True, kw_only=True):
@@ -22,16 +26,19 @@ class Message(msgspec.Struct, tag=True, kw_only=True):
 
 
 class SamplingParams(msgspec.Struct, kw_only=True):
-    max_tokens: int = 16
-    temperature: float = 0.0
+    """How a request samples; the bounds are checked when a message is decoded, so nothing out of
+    range reaches an engine."""
+
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS)] = 16
+    temperature: Annotated[float, Meta(ge=0.0, le=1e6)] = 0.0
     """0 = greedy."""
-    top_k: int = 0
+    top_k: Annotated[int, Meta(ge=0, le=MAX_TOKENS)] = 0
     """Sample among the k most likely tokens (0 = all)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] = 1.0
     """Sample within the smallest set of tokens whose probability reaches p (1 = all)."""
     ignore_eos: bool = False
     """Generate ``max_tokens`` regardless of EOS and stop tokens (benchmarking)."""
-    seed: int | None = None
+    seed: Annotated[int, Meta(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     """Seed of this request's samples: the same seed gives the same tokens whatever the batch."""
     stop_token_ids: list[int] = []
     """Tokens besides the model's EOS that end the request."""
@@ -137,7 +144,20 @@ class Shutdown(Message):
     reason: str = "done"
 
 
-AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | ItemDone | Abort | Shutdown
+class Heartbeat(Message):
+    """any process → its watchers (ranks → frontend, frontend → ranks): still alive. Sent from a
+    thread every ``launch.heartbeat_interval_s``, so a busy event loop still beats; a stopped
+    (SIGSTOP) or dead process does not."""
+
+
+class PeerLost(Message):
+    """launcher → frontend: a rank's process ended before the job told it to stop."""
+
+    rank: int
+    reason: str
+
+
+AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | ItemDone | Abort | Shutdown | Heartbeat | PeerLost
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)
@@ -151,7 +171,7 @@ def decode(data: bytes) -> AnyMessage:
     """Decode one message; a malformed frame or another protocol version raises ``ValueError``."""
     try:
         msg = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(f"malformed control message: {exc}") from exc
     if msg.v != PROTOCOL_VERSION:
         raise ValueError(f"peer speaks protocol v{msg.v}, this epd speaks v{PROTOCOL_VERSION}")

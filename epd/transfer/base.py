@@ -31,9 +31,12 @@ class TransferConfig:
     shm_dir: str = "/dev/shm"
     """tmpfs directory holding the shm segments (POSIX shared memory on Linux)."""
     shm_prefix: str = "epd"
-    """Name prefix of shm segments: <prefix>-<rank>-<pid>-<dst>-<transfer_id>."""
+    """Name prefix of shm segments: ``<prefix>-<job id>-<rank>-<random>``; a receiver opens only names
+    of its own job's form, and the launcher removes the job's leftovers however the job ends."""
     recv_timeout_s: float = 300.0
-    """recv() raises TimeoutError after waiting this long for data that never arrives (zmq)."""
+    """An item whose data has not arrived this long after its handle fails (zmq)."""
+    max_transfer_bytes: int = 64 << 30
+    """Largest single transfer a receiver accepts; a handle describing more is refused before any allocation."""
 
     def __post_init__(self) -> None:
         from epd.transfer.registry import known_backends
@@ -55,6 +58,8 @@ class TransferConfig:
             raise ValueError(f"transfer.shm_prefix must be a non-empty name without '/', got {self.shm_prefix!r}")
         if not self.recv_timeout_s > 0:
             raise ValueError(f"transfer.recv_timeout_s must be > 0, got {self.recv_timeout_s}")
+        if self.max_transfer_bytes < 1:
+            raise ValueError(f"transfer.max_transfer_bytes must be >= 1, got {self.max_transfer_bytes}")
 
 
 class TensorSpec(msgspec.Struct, frozen=True, array_like=True):
@@ -96,14 +101,28 @@ class TransferHandle(msgspec.Struct, frozen=True):
 
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+MAX_DIMS = 8
 
 
 def dtype_from_name(name: str) -> torch.dtype:
     """torch.dtype for a TensorSpec dtype name; ValueError when torch has no such dtype."""
-    dtype = getattr(torch, name, None)
+    dtype = getattr(torch, name, None) if isinstance(name, str) and name.isidentifier() else None
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown torch dtype {name!r}")
     return dtype
+
+
+def check_specs(specs: list[TensorSpec], max_bytes: int) -> None:
+    """``ValueError`` unless every spec names a torch dtype and a shape of at most ``MAX_DIMS``
+    non-negative sizes, and all of them together hold at most ``max_bytes``."""
+    total = 0
+    for spec in specs:
+        dtype_from_name(spec.dtype)
+        if len(spec.shape) > MAX_DIMS or any(not isinstance(d, int) or d < 0 for d in spec.shape):
+            raise ValueError(f"bad tensor shape {spec.shape!r} in a transfer handle")
+        total += spec.nbytes
+        if total > max_bytes:
+            raise ValueError(f"a transfer handle describes more than transfer.max_transfer_bytes={max_bytes}")
 
 
 def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -152,7 +171,11 @@ class TransferBackend(ABC):
         world_size: int,
         device: torch.device,
         store: dist.Store,
+        secret: bytes | None = None,
+        bind_host: str | None = None,
     ) -> None:
+        """``secret``: the job secret (backends with sockets of their own authenticate with it; None in
+        benchmarks). ``bind_host``: where such sockets bind (None: the store's route, as ``auto``)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.cfg = cfg
@@ -160,6 +183,8 @@ class TransferBackend(ABC):
         self.world_size = world_size
         self.device = torch.device(device)
         self.store = store
+        self.secret = secret
+        self.bind_host = bind_host
         self._next_transfer_id: dict[int, int] = defaultdict(int)
 
     @abstractmethod
@@ -173,6 +198,11 @@ class TransferBackend(ABC):
     def discard(self, handle: TransferHandle) -> None:
         """Consume `handle` without keeping its tensors (e.g. the request was aborted)."""
         self.recv(handle)
+
+    def ready(self, handle: TransferHandle) -> bool:
+        """Whether `recv(handle)` would find its data here now (backends whose data can lag the handle
+        say so, so the owner's loop never blocks on it); True by default."""
+        return True
 
     def poll(self) -> None:  # noqa: B027 - a backend with nothing to progress keeps this no-op
         """Make progress without blocking: free completed sends, deliver acks, drain sockets."""
@@ -205,7 +235,11 @@ class TransferBackend(ABC):
         )
 
     def _check_handle(self, handle: TransferHandle) -> None:
+        """Every field of a handle that came over the control plane, before anything is done with it."""
         if handle.backend != self.name:
             raise ValueError(f"a {handle.backend!r} handle was passed to the {self.name!r} backend")
         if handle.dst != self.rank:
             raise ValueError(f"handle for rank {handle.dst} received on rank {self.rank}")
+        if not 0 <= handle.src < self.world_size or handle.src == self.rank and self.name == "nccl":
+            raise ValueError(f"handle from rank {handle.src}, not a peer of rank {self.rank}")
+        check_specs(handle.specs, self.cfg.max_transfer_bytes)

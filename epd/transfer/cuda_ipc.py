@@ -14,12 +14,15 @@ is released, so the sender's caching allocator may reuse the memory at once.
 from __future__ import annotations
 
 import functools
+import re
 
 import msgspec
 import torch
 import zmq
 
 from epd.transfer.base import TensorSpec, as_bytes
+
+ACK_ADDRESS = re.compile(r"tcp://127\.0\.0\.1:[0-9]{1,5}")
 
 
 class CudaIpcRef(msgspec.Struct, frozen=True, array_like=True):
@@ -130,6 +133,11 @@ class IpcImporter:
         self, specs: list[TensorSpec], refs: list[CudaIpcRef], ack_addr: str, transfer_id: int
     ) -> dict[int, torch.Tensor]:
         """Copy each ref's tensor into a new tensor on the device; index -> flat uint8 data."""
+        if not ACK_ADDRESS.fullmatch(ack_addr):
+            raise ValueError(f"CUDA IPC handle with an ack address {ack_addr[:64]!r} that is not a loopback port")
+        for ref in refs:
+            if ref.byte_offset < 0 or ref.byte_offset + specs[ref.index].nbytes > ref.storage_nbytes:
+                raise ValueError(f"CUDA IPC reference {ref.index} does not fit its storage")
         main = torch.cuda.current_stream(self._own_index)  # the caller's stream: consumers run here
         outputs = {r.index: torch.empty(specs[r.index].nbytes, dtype=torch.uint8, device=self._device) for r in refs}
         for ref in refs:

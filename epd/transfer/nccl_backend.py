@@ -108,9 +108,16 @@ class NcclBackend(TransferBackend):
     name = "nccl"
 
     def __init__(
-        self, cfg: TransferConfig, rank: int, world_size: int, device: torch.device, store: dist.Store
+        self,
+        cfg: TransferConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        store: dist.Store,
+        secret: bytes | None = None,
+        bind_host: str | None = None,
     ) -> None:
-        super().__init__(cfg, rank, world_size, device, store)
+        super().__init__(cfg, rank, world_size, device, store, secret, bind_host)
         if not dist.is_initialized():
             raise ValueError("transfer.backend=nccl needs torch.distributed initialised by the launcher")
         if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):

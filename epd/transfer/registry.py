@@ -34,6 +34,8 @@ def build_transfer(
     world_size: int,
     device: torch.device,
     store: dist.Store,
+    secret: bytes | None = None,
+    bind_host: str | None = None,
 ) -> TransferBackend:
     """Build the backend named by `cfg.backend` for this rank (lazy import of its module).
 
@@ -45,4 +47,4 @@ def build_transfer(
     module_name, class_name = target.split(":")
     backend_cls = getattr(importlib.import_module(module_name), class_name)
     assert issubclass(backend_cls, TransferBackend), target
-    return backend_cls(cfg, rank, world_size, device, store)
+    return backend_cls(cfg, rank, world_size, device, store, secret, bind_host)

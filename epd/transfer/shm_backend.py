@@ -5,16 +5,22 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
+import secrets
+import stat
 
 import msgspec
 import torch
 import torch.distributed as dist
 import zmq
 
+from epd.launch.secret import job_id
 from epd.transfer.base import TensorSpec, TransferBackend, TransferConfig, TransferHandle, as_bytes, from_bytes
+from epd.transfer.cleanup import job_prefix
 from epd.transfer.cuda_ipc import CudaIpcRef, IpcExporter, IpcImporter
 
 ALIGN_BYTES = 64  # every tensor starts on a cache line of the segment, aligned for any dtype
+NAME_TRIES = 8  # a new segment name that exists already is drawn again, this many times at most
 
 
 class ShmPayload(msgspec.Struct, frozen=True):
@@ -45,16 +51,29 @@ class ShmBackend(TransferBackend):
     stream and acks; both sides must call poll() for the sender to free the tensors.
 
     Handles may be received in any order; one source may also be this rank itself (host only).
+
+    Names are not paths: a segment is ``<prefix>-<job id>-<rank>-<16 random hex digits>``, drawn
+    again if it exists. A receiver opens only a name of that form with its own job's id, only a
+    regular file of its own user and of exactly the handle's size, with offsets inside it.
     """
 
     name = "shm"
 
     def __init__(
-        self, cfg: TransferConfig, rank: int, world_size: int, device: torch.device, store: dist.Store
+        self,
+        cfg: TransferConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        store: dist.Store,
+        secret: bytes | None = None,
+        bind_host: str | None = None,
     ) -> None:
-        super().__init__(cfg, rank, world_size, device, store)
+        super().__init__(cfg, rank, world_size, device, store, secret, bind_host)
         if not os.path.isdir(cfg.shm_dir):
             raise ValueError(f"transfer.shm_dir={cfg.shm_dir!r} does not exist (shm needs a tmpfs such as /dev/shm)")
+        self._prefix = job_prefix(cfg, job_id(secret) if secret is not None else secrets.token_hex(8))
+        self._name_re = re.compile(re.escape(self._prefix) + r"[0-9]{1,6}-[0-9a-f]{16}")
         self._segments: set[str] = set()  # created here, maybe not yet consumed
         self._context: zmq.Context | None = None
         self._exporter: IpcExporter | None = None
@@ -79,8 +98,7 @@ class ShmBackend(TransferBackend):
             segment_nbytes += -(-spec.nbytes // ALIGN_BYTES) * ALIGN_BYTES
         segment = ""
         if host:
-            segment = f"{self.cfg.shm_prefix}-{self.rank}-{os.getpid()}-{dst}-{transfer_id}"
-            self._write_segment(segment, segment_nbytes, [(host[i], offsets[i]) for i in host])
+            segment = self._write_segment(segment_nbytes, [(host[i], offsets[i]) for i in host])
         refs, ack_addr = [], ""
         if on_gpu:
             exporter = self._get_exporter()
@@ -92,7 +110,7 @@ class ShmBackend(TransferBackend):
 
     def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
         self._check_handle(handle)
-        payload = msgspec.msgpack.decode(handle.payload, type=ShmPayload)
+        payload = self._check_payload(handle)
         flat: dict[int, torch.Tensor] = {}  # index -> [nbytes] uint8
         if payload.segment:
             segment = self._map_segment(payload.segment, payload.segment_nbytes)  # [segment_nbytes] uint8
@@ -110,6 +128,32 @@ class ShmBackend(TransferBackend):
                 data = torch.empty(0, dtype=torch.uint8, device=self.device)
             outputs.append(from_bytes(data.to(self.device), spec))
         return outputs
+
+    def _check_payload(self, handle: TransferHandle) -> ShmPayload:
+        """The handle's payload, after checking every name, size and offset in it against the specs."""
+        try:
+            payload = msgspec.msgpack.decode(handle.payload, type=ShmPayload)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"malformed shm handle: {exc}") from None
+        if len(payload.offsets) != len(handle.specs):
+            raise ValueError("shm handle: one offset per tensor expected")
+        if payload.segment and not self._name_re.fullmatch(payload.segment):
+            raise ValueError(f"shm handle names a segment {payload.segment[:80]!r} that is not one of this job's")
+        if not 0 <= payload.segment_nbytes <= self.cfg.max_transfer_bytes:
+            raise ValueError(f"shm handle: segment size {payload.segment_nbytes} out of range")
+        on_gpu = {ref.index for ref in payload.cuda}
+        end = 0
+        for i, (spec, off) in enumerate(zip(handle.specs, payload.offsets, strict=True)):
+            if off < 0:
+                if spec.nbytes and i not in on_gpu:
+                    raise ValueError(f"shm handle: tensor {i} has neither an offset nor a CUDA reference")
+                continue
+            if not payload.segment or off % ALIGN_BYTES or off < end or off + spec.nbytes > payload.segment_nbytes:
+                raise ValueError(f"shm handle: tensor {i} at offset {off} does not fit the segment")
+            end = off + spec.nbytes
+        if len(on_gpu) != len(payload.cuda) or not on_gpu <= set(range(len(handle.specs))):
+            raise ValueError("shm handle: bad CUDA reference indices")
+        return payload
 
     def poll(self) -> None:
         if self._exporter is not None:
@@ -138,9 +182,17 @@ class ShmBackend(TransferBackend):
         if self._context is not None:
             self._context.term()
 
-    def _write_segment(self, segment: str, nbytes: int, parts: list[tuple[torch.Tensor, int]]) -> None:
-        path = os.path.join(self.cfg.shm_dir, segment)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    def _write_segment(self, nbytes: int, parts: list[tuple[torch.Tensor, int]]) -> str:
+        """A new segment holding ``parts`` (bytes, offset); returns its name."""
+        for _ in range(NAME_TRIES):
+            segment = f"{self._prefix}{self.rank}-{secrets.token_hex(8)}"
+            try:
+                fd = os.open(os.path.join(self.cfg.shm_dir, segment), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # someone holds this name: draw another
+                continue
+            break
+        else:
+            raise RuntimeError(f"shm: {NAME_TRIES} fresh segment names in {self.cfg.shm_dir} were all taken")
         self._segments.add(segment)
         try:
             os.ftruncate(fd, nbytes)
@@ -148,11 +200,15 @@ class ShmBackend(TransferBackend):
                 _write_all(fd, data, offset)
         finally:
             os.close(fd)
+        return segment
 
     def _map_segment(self, segment: str, nbytes: int) -> torch.Tensor:
-        path = os.path.join(self.cfg.shm_dir, segment)
-        fd = os.open(path, os.O_RDWR)
+        path = os.path.join(self.cfg.shm_dir, segment)  # segment: checked against this job's name form
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_size != nbytes:
+                raise ValueError(f"shm segment {segment} is not this job's (type, owner or size differ)")
             # MAP_POPULATE: map every page now, so recv() pays for it rather than the first reader
             mapping = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 
 import msgspec
@@ -10,6 +12,7 @@ import torch.distributed as dist
 import zmq
 
 from epd.net import reachable_address
+from epd.protocol.auth import mac
 from epd.transfer.base import (
     TensorSpec,
     TransferBackend,
@@ -21,6 +24,7 @@ from epd.transfer.base import (
 )
 
 STORE_KEY = "epd/transfer/zmq/{rank}"  # -> "tcp://host:port" of that rank's PULL data socket
+log = logging.getLogger("epd.transfer")
 
 
 class _Header(msgspec.Struct, frozen=True, array_like=True):
@@ -43,18 +47,29 @@ class ZmqBackend(TransferBackend):
     arrived messages by (src, transfer_id), so data and handle may arrive in either order and
     handles may be received in any order; tensors view the received frames (zero copy on CPU).
     Construction is local; recv() raises TimeoutError after cfg.recv_timeout_s without data.
+
+    With the job secret, every message carries a tag over its header: a receiver drops (and counts)
+    anything else pushed into its socket, so no stray process can pose as a sender's data.
     """
 
     name = "zmq"
 
     def __init__(
-        self, cfg: TransferConfig, rank: int, world_size: int, device: torch.device, store: dist.Store
+        self,
+        cfg: TransferConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        store: dist.Store,
+        secret: bytes | None = None,
+        bind_host: str | None = None,
     ) -> None:
-        super().__init__(cfg, rank, world_size, device, store)
+        super().__init__(cfg, rank, world_size, device, store, secret, bind_host)
         self._context = zmq.Context(io_threads=1)  # its own I/O thread: bulk data never delays control
         self._pull = self._context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 0)  # never drop or stall: senders' messages queue here
-        host = resolve_host(cfg.zmq_host, store)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, cfg.max_transfer_bytes)
+        host = bind_host if cfg.zmq_host == "auto" and bind_host else resolve_host(cfg.zmq_host, store)
         port = self._pull.bind_to_random_port(f"tcp://{host}", cfg.zmq_port_min, cfg.zmq_port_max + 1)
         self.address = f"tcp://{host}:{port}"
         store.set(STORE_KEY.format(rank=rank), self.address)
@@ -66,6 +81,7 @@ class ZmqBackend(TransferBackend):
         self._d2h_stream: torch.cuda.Stream | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(_Header)
+        self.dropped = 0  # messages in our socket that were not a peer's data
         self._closed = False
 
     def send(self, dst: int, tensors: list[torch.Tensor]) -> TransferHandle:
@@ -77,6 +93,10 @@ class ZmqBackend(TransferBackend):
         else:
             self._ship(dst, header, data)
         return handle
+
+    def ready(self, handle: TransferHandle) -> bool:
+        self.poll()
+        return (handle.src, handle.transfer_id) in self._arrived
 
     def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
         self._check_handle(handle)
@@ -130,7 +150,10 @@ class ZmqBackend(TransferBackend):
             sock.setsockopt(zmq.SNDHWM, 0)  # send() never blocks on a slow receiver
             sock.connect(address)
         # zmq holds a reference to each numpy view (hence its tensor) until the bytes are sent
-        sock.send_multipart([header, *(d.numpy() for d in data)], copy=False)
+        sock.send_multipart([header, self._tag(header), *(d.numpy() for d in data)], copy=False)
+
+    def _tag(self, header: bytes) -> bytes:
+        return mac(self.secret, b"zmq-data", header) if self.secret is not None else b""
 
     def _stage_to_host(
         self, dst: int, header: bytes, data: list[torch.Tensor]
@@ -159,12 +182,31 @@ class ZmqBackend(TransferBackend):
                 frames = self._pull.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            header = self._decoder.decode(frames[0].buffer)
+            header = self._authentic(frames)
+            if header is None:
+                continue
             key = (header.src, header.transfer_id)
             if key in self._discarded:
                 self._discarded.remove(key)
             else:
-                self._arrived[key] = frames[1:]
+                self._arrived[key] = frames[2:]
+
+    def _authentic(self, frames: list[zmq.Frame]) -> _Header | None:
+        """The header of a peer's data message; None (dropped, counted) for anything else."""
+        try:
+            if len(frames) < 2 or not hmac.compare_digest(frames[1].bytes, self._tag(frames[0].bytes)):
+                raise ValueError("bad tag")
+            header = self._decoder.decode(frames[0].buffer)
+            if [len(f) for f in frames[2:]] != header.nbytes or not 0 <= header.src < self.world_size:
+                raise ValueError("frames do not match their header")
+        except (ValueError, msgspec.DecodeError) as exc:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning(
+                    "zmq data plane of rank %d: dropped a message that is not a peer's data (%s)", self.rank, exc
+                )
+            return None
+        return header
 
     def _to_tensor(self, frame: zmq.Frame, spec: TensorSpec) -> torch.Tensor:
         if spec.nbytes == 0:

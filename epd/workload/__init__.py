@@ -6,8 +6,10 @@ from epd.workload.base import (
     WorkloadConfig,
     WorkloadRequest,
     build_workload,
+    load_requests,
     parse_resolution,
     register_workload,
+    save_requests,
 )
 from epd.workload.driver import ArrivalDriver
 
@@ -19,6 +21,8 @@ __all__ = [
     "WorkloadRequest",
     "arrival_times",
     "build_workload",
+    "load_requests",
     "parse_resolution",
     "register_workload",
+    "save_requests",
 ]

@@ -325,6 +325,30 @@ class WorkloadRequest:
     warmup: bool = False
     phase: int = 0
     """Index of the load phase the request belongs to (`WorkloadConfig.phase_rates`); 0 with one phase."""
+    error: str | None = None
+    """Why the request was refused when it was read (e.g. `requests.jsonl:7: max_tokens=0: ...`): it is
+    recorded as failed with this error at its arrival, and nothing is sent for it."""
+
+
+def save_requests(path: Path, requests: list[WorkloadRequest]) -> None:
+    """Write ``requests`` as JSON lines (the run's inputs, ``workload.jsonl`` in the run directory)."""
+    import msgspec
+
+    encoder = msgspec.json.Encoder()
+    tmp = Path(path).with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        for request in requests:
+            f.write(encoder.encode(request) + b"\n")
+    tmp.replace(path)
+
+
+def load_requests(path: Path) -> list[WorkloadRequest]:
+    """The requests ``save_requests`` wrote, in the same order."""
+    import msgspec
+
+    decoder = msgspec.json.Decoder(WorkloadRequest)
+    with Path(path).open("rb") as f:
+        return [decoder.decode(line) for line in f if line.strip()]
 
 
 WorkloadBuilder = Callable[[WorkloadConfig, Path, Any], list[WorkloadRequest]]

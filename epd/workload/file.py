@@ -14,7 +14,10 @@ rest of epd sees one form of audio. Whether media exist and decode is checked by
 that fetches them (see `resolve_url`), not here.
 
 The first `warmup_requests` requests are warmup; after them at most `num_requests` are read
-(0 = the rest of the file). Every mistake raises ValueError naming file, line and problem.
+(0 = the rest of the file). A mistake in the file as a whole (missing, not UTF-8, a line that is not
+JSON, no valid request at all) raises ValueError naming file, line and problem, before anything
+starts. A line that is JSON but not a valid request (max_tokens 0, no messages, a NaN temperature,
+a duplicate id, ...) becomes a request carrying that error: it fails alone and the others run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -57,14 +61,16 @@ def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[W
                 if not line.strip():
                     continue
                 request = parse_line(line, cfg, path=path, lineno=lineno)
-                if request.id in line_of_id:
-                    raise WorkloadFileError(
-                        f"{path}:{lineno}: id {request.id!r} already used on line {line_of_id[request.id]}"
+                if request.error is None and request.id in line_of_id:
+                    request.error = (
+                        f"{path.name}:{lineno}: id {request.id!r} already used on line {line_of_id[request.id]}"
                     )
-                line_of_id[request.id] = lineno
+                line_of_id.setdefault(request.id, lineno)
                 requests.append(request)
     except UnicodeDecodeError as error:
         raise WorkloadFileError(f"{path}: not UTF-8 text ({error})") from None
+    if requests and all(r.error is not None for r in requests):
+        raise WorkloadFileError(f"{path}: no line is a valid request; the first problem: {requests[0].error}")
     if len(requests) <= cfg.warmup_requests:
         raise WorkloadFileError(
             f"{path}: {len(requests)} requests, none left to measure after "
@@ -76,16 +82,45 @@ def build(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[W
 
 
 def parse_line(line: str, cfg: WorkloadConfig, *, path: Path, lineno: int) -> WorkloadRequest:
-    """Line `lineno` of JSONL file `path` as a request; errors start with "path:lineno:"."""
+    """Line `lineno` of JSONL file `path` as a request. A line that is not JSON raises (the file is
+    broken); a JSON value that is not a valid request comes back carrying its `error`
+    ("<file>:<line>: <problem>")."""
     where = f"{path}:{lineno}"
     try:
         body = json.loads(line)
     except json.JSONDecodeError as error:
         raise WorkloadFileError(f"{where}: not valid JSON ({error})") from None
+    default_id = f"file-{lineno}"
     try:
-        return _parse_body(body, cfg, path.parent, default_id=f"file-{lineno}")
+        _check_unicode(body, "")
+        return _parse_body(body, cfg, path.parent, default_id=default_id)
     except WorkloadFileError as error:
-        raise WorkloadFileError(f"{where}: {error}") from None
+        request_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or not _valid_unicode(request_id) or not request_id:
+            request_id = default_id
+        return WorkloadRequest(id=request_id, messages=[], max_tokens=1, error=f"{path.name}:{lineno}: {error}")
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_unicode(value: Any, where: str) -> None:
+    """Every string of a JSON value encodes as UTF-8 (JSON's \\ud800 escapes can make lone surrogates)."""
+    if isinstance(value, str):
+        if not _valid_unicode(value):
+            raise WorkloadFileError(f"{where or 'a string'}: not valid Unicode (a lone surrogate)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where)
+            _check_unicode(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
 
 
 def _parse_body(body: Any, cfg: WorkloadConfig, base_dir: Path, default_id: str) -> WorkloadRequest:
@@ -97,19 +132,19 @@ def _parse_body(body: Any, cfg: WorkloadConfig, base_dir: Path, default_id: str)
     if not isinstance(messages, list) or not messages:
         raise WorkloadFileError("'messages' must be a non-empty list of {role, content} objects")
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", cfg.output_len))
-    if not _is_int(max_tokens) or max_tokens < 1:
-        raise WorkloadFileError(f"max_tokens={max_tokens!r}: must be an integer >= 1")
+    if not _is_int(max_tokens) or not 1 <= max_tokens < 2**31:
+        raise WorkloadFileError(f"max_tokens={max_tokens!r}: must be an integer from 1 to 2**31-1")
     temperature = body.get("temperature", cfg.temperature)
-    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature >= 0:
-        raise WorkloadFileError(f"temperature={temperature!r}: must be a number >= 0")
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 <= temperature < math.inf:
+        raise WorkloadFileError(f"temperature={temperature!r}: must be a finite number >= 0")
     ignore_eos = body.get("ignore_eos", cfg.ignore_eos)
     if not isinstance(ignore_eos, bool):
         raise WorkloadFileError(f"ignore_eos={ignore_eos!r}: must be true or false")
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise WorkloadFileError(f"seed={seed!r}: must be an integer or null")
+    if seed is not None and (not _is_int(seed) or not -(2**63) <= seed < 2**63):
+        raise WorkloadFileError(f"seed={seed!r}: must be a 64-bit integer or null")
     top_k, top_p = body.get("top_k", 0), body.get("top_p", 1.0)
-    if not _is_int(top_k) or top_k < 0:
+    if not _is_int(top_k) or not 0 <= top_k < 2**31:
         raise WorkloadFileError(f"top_k={top_k!r}: must be an integer >= 0 (0 = off)")
     if not isinstance(top_p, int | float) or isinstance(top_p, bool) or not 0 < top_p <= 1:
         raise WorkloadFileError(f"top_p={top_p!r}: must be a number in (0, 1]")

@@ -196,6 +196,6 @@ def test_peak_memory_travels_through_the_store():
     mine = peak_memory(torch.device("cpu"))
     assert mine["device"] == "cpu" and 0.01 < mine["rss_gib"] < 1024
     report_peak_memory(store, 1, torch.device("cpu"))
-    got = read_peak_memory(store, world_size=2, timeout_s=0.5)  # rank 0 never reports
+    got = read_peak_memory(store, 2, timeout_s=0.5)  # rank 0 never reports
     assert list(got) == ["1"] and got["1"]["rss_gib"] >= mine["rss_gib"] * 0.5
     assert json.loads(store.get("epd/peak_memory/1")) == got["1"]

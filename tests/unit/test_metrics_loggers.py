@@ -1,4 +1,4 @@
-"""results.json / requests.jsonl of the jsonl logger, the null logger, environment info."""
+"""results.json of the jsonl logger, records.jsonl appended as requests end, the null logger, environment info."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_results_json_shape_and_round_trip(tmp_path):
         logger.log_run(config, summary, records)
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results) == ["config", "environment", "summary", "requests"]
-    assert results["config"]["workload"]["request_rate"] == "inf"  # strict JSON, no Infinity
+    assert results["config"]["workload"]["request_rate"] is None  # strict JSON: inf (all at once) is null
     assert results["config"]["device"] == "cpu"
     environment = results["environment"]
     assert {"python", "torch", "transformers", "platform", "devices", "hostname"} <= set(environment)
@@ -63,10 +63,7 @@ def test_results_json_shape_and_round_trip(tmp_path):
     # round trip: the text re-encodes to the same object, strictly
     assert json.loads(json.dumps(results, allow_nan=False)) == results
     assert load_records(tmp_path) == records
-    assert load_records(tmp_path / "requests.jsonl") == records
     assert summarize(load_records(tmp_path), 1.5) == summary
-    lines = (tmp_path / "requests.jsonl").read_text().splitlines()
-    assert [json.loads(line)["id"] for line in lines] == ["r0", "r1"]
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["running"] == 1.0
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -77,7 +74,19 @@ def test_rewrite_replaces_whole_file(tmp_path):
     logger.log_run({"a": 2}, summarize([], 1.0), [])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"] == {"a": 2} and results["requests"] == []
-    assert (tmp_path / "requests.jsonl").read_text() == ""
+
+
+def test_record_writer_appends_each_record_at_once(tmp_path):
+    from epd.metrics.writer import RECORDS_FILE, RecordWriter
+
+    records = make_records()
+    writer = RecordWriter(tmp_path)
+    writer.write(records[0])
+    # on disk before the writer is closed: a process killed now keeps this record
+    assert [json.loads(line)["id"] for line in (tmp_path / RECORDS_FILE).read_text().splitlines()] == ["r0"]
+    writer.write(records[1])
+    writer.close()
+    assert load_records(tmp_path / RECORDS_FILE) == records
 
 
 def test_disabled_logger_writes_nothing(tmp_path):

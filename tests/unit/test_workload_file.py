@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,6 @@ WAV_B64 = base64.b64encode(b"RIFF....WAVE not really audio").decode()
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
-        ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         ({"prompt": "hi"}, "missing 'messages'"),
         ({"messages": []}, "'messages' must be a non-empty list"),
@@ -149,10 +149,35 @@ WAV_B64 = base64.b64encode(b"RIFF....WAVE not really audio").decode()
         ({**GOOD, "id": "file-1"}, "id 'file-1' already used on line 1"),
     ],
 )
-def test_bad_line_names_file_line_and_problem(data_dir, bad_line, message):
+def test_bad_line_fails_alone_naming_file_line_and_problem(data_dir, bad_line, message):
     path = write_jsonl(data_dir / "bad.jsonl", [GOOD, "", bad_line])
-    with pytest.raises(ValueError, match=f"{path}:3: .*{message}"):
+    good, bad = load(path, num_requests=0)
+    assert good.error is None
+    assert re.search(f"{path.name}:3: .*{message}", bad.error), bad.error
+
+
+def test_line_that_is_not_json_fails_the_whole_file(data_dir):
+    path = write_jsonl(data_dir / "broken.jsonl", [GOOD, "", '{"messages": [}'])
+    with pytest.raises(ValueError, match=f"{path}:3: not valid JSON"):
         load(path, num_requests=0)
+
+
+def test_file_without_one_valid_request_fails_whole(data_dir):
+    path = write_jsonl(data_dir / "none.jsonl", [{**GOOD, "max_tokens": 0}, {"messages": []}])
+    with pytest.raises(ValueError, match="no line is a valid request.*max_tokens=0"):
+        load(path, num_requests=0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("max_tokens", 2**64), ("seed", 2**64), ("top_k", 2**40), ("temperature", float("nan")), ("id", "\ud800")],
+)
+def test_out_of_range_values_fail_their_request(data_dir, field, value):
+    path = data_dir / "range.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": "x", field: value}) + "\n")
+    good, bad = load(path, num_requests=0)
+    assert good.error is None
+    assert field in bad.error or "Unicode" in bad.error, bad.error
 
 
 def test_missing_file_and_no_measured_requests(data_dir):

@@ -78,11 +78,12 @@ class MultiLogger(MetricsLogger):
 
 def to_jsonable(value: Any) -> Any:
     """`value` as strict-JSON builtins: dataclasses, msgspec structs and mappings become dicts,
-    sequences lists, paths and unknown objects strings, and inf/nan the strings "inf"/"nan"."""
+    sequences lists, paths and unknown objects strings, and inf/nan null (strict JSON has no such numbers;
+    a `request_rate` of null means every request at t=0)."""
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else None
     if isinstance(value, enum.Enum):
         return to_jsonable(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -1,4 +1,8 @@
-"""The jsonl logger: results.json and requests.jsonl in the run directory (metrics.jsonl live)."""
+"""The jsonl logger: results.json in the run directory (metrics.jsonl live).
+
+Each request's record is also appended to ``records.jsonl`` as it finishes (``epd.metrics.writer``),
+by the frontend, whatever logger is configured.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from epd.metrics.loggers.base import MetricsLogger, to_jsonable
 from epd.metrics.records import RequestRecord
 
 RESULTS_FILE = "results.json"
-REQUESTS_FILE = "requests.jsonl"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -23,9 +26,9 @@ METRICS_FILE = "metrics.jsonl"
 class JsonlLogger(MetricsLogger):
     """Writes `results.json`: {"config", "environment", "summary", "requests"} where each
     request is a record's fields (id, arrival, timestamps, token_times, output_token_ids,
-    output_text, num_prompt_tokens, error, warmup); and `requests.jsonl`, one request a line.
-    Both are strict JSON (inf/nan as strings) and replaced atomically. `log` appends
-    {"step", "time", **metrics} lines to `metrics.jsonl`."""
+    output_text, num_prompt_tokens, error, warmup, ttft_ms, tpot_ms, e2e_ms, ...), in workload
+    order. Strict JSON, replaced atomically. `log` appends {"step", "time", **metrics} lines to
+    `metrics.jsonl`."""
 
     def __init__(self, run_dir: Path, **options: Any) -> None:
         if options:
@@ -49,7 +52,6 @@ class JsonlLogger(MetricsLogger):
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(request, allow_nan=False) for request in requests]
-        atomic_write_text(self.run_dir / REQUESTS_FILE, "".join(line + "\n" for line in lines))
         atomic_write_text(self.run_dir / RESULTS_FILE, _results_text(head, lines))
 
     def close(self) -> None:

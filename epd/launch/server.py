@@ -1,0 +1,252 @@
+"""A rank's event loop: its roles (encoder, language or both), the control inbox and the data plane.
+
+Loop order per turn: drain the control inbox (requests, items, shutdown, heartbeats), receive the
+embeddings that have arrived, run one encoder batch, run one language step, let the transfer backend
+make progress. A rank that is idle blocks on its inbox for a few milliseconds instead of spinning.
+
+Nothing a message carries can stop the loop: the channel drops what is not authentic or not allowed
+(``epd.protocol.channel``), a message of a type this rank's roles do not take is dropped and counted,
+and an item whose embeddings cannot be received fails its own request. The frontend beats every
+``launch.heartbeat_interval_s``; when it has been silent for ``launch.heartbeat_timeout_s`` the rank
+stops with an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections import deque
+
+import torch
+import torch.distributed as dist
+
+from epd.config import RunConfig
+from epd.encoder import EncodeResult, EncoderRole
+from epd.language import LanguageEngine
+from epd.launch.device import gpu_index
+from epd.launch.liveness import HeartbeatThread
+from epd.launch.rank import RankContext
+from epd.models import ItemMeta, detect_family, resolve_checkpoint, torch_dtype
+from epd.protocol import (
+    FRONTEND,
+    Abort,
+    Channel,
+    EncodeItem,
+    Heartbeat,
+    ItemDone,
+    ItemReady,
+    NewRequest,
+    Shutdown,
+    job_roles,
+    rank_name,
+)
+from epd.transfer import build_transfer
+
+log = logging.getLogger("epd")
+
+IDLE_WAIT_MS = 5
+"""How long an idle rank blocks on its inbox per turn."""
+KV_TOKENS_KEY = "epd/kv_tokens/{rank}"
+"""Store key where a language rank publishes its KV-cache capacity in tokens (the frontend checks requests
+against it)."""
+
+
+class FrontendLost(RuntimeError):
+    """The frontend stopped beating or its process ended before it said stop."""
+
+
+class RankServer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: RankContext,
+        device: torch.device,
+        store: dist.Store,
+        secret: bytes,
+        bind_host: str,
+        frontend: subprocess.Popen | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.rank = ctx.rank
+        self.frontend = frontend
+        roles = job_roles(cfg.topology)
+        self.channel = Channel(rank_name(ctx.rank), store, secret, roles, bind_host, cfg.launch.max_message_bytes)
+        inst = cfg.topology.instance_at(ctx.rank)
+        if inst.role in ("prefill", "decode") or inst.tp > 1:
+            raise ValueError(f"topology {cfg.topology.name!r}: {inst.role} instances and tp > 1 are not served yet")
+        ckpt = resolve_checkpoint(cfg.model)
+        family = detect_family(ckpt)
+        dtype = torch_dtype(cfg.model.dtype, device)
+        self.encoder = self.language = None
+        if inst.role in ("encoder", "colocated"):
+            tower = family.load_encoder(ckpt, cfg.model.random_init, device, dtype, cfg.model.tower_attention)
+            self.encoder = EncoderRole(tower, cfg.media, cfg.encoder, cfg.scheduler, device)
+            self.encoder.warm_up()
+            store.set(f"epd/loaded/{ctx.rank}", "1")
+        if inst.role in ("language", "colocated"):
+            # the KV cache is sized from the memory left on the device: encoders sharing this GPU load first
+            shared = [
+                r
+                for r in cfg.topology.encoder_ranks
+                if r != ctx.rank and device.type == "cuda" and gpu_index(cfg.topology, r, r) == device.index
+            ]
+            if shared:
+                store.wait([f"epd/loaded/{r}" for r in shared])
+            side = family.load_language(ckpt, cfg.model.random_init)
+            self.language = LanguageEngine(side, cfg.engine, device, dtype)
+        self.transfer = None
+        if ctx.world_size > 1:
+            self.transfer = build_transfer(cfg.transfer, ctx.rank, ctx.world_size, device, store, secret, bind_host)
+        if self.language is not None:
+            self.language.warm_up()
+            store.set(KV_TOKENS_KEY.format(rank=ctx.rank), str(self.language.capacity_tokens))
+        self.parked: deque[tuple[ItemReady, float]] = deque()  # items whose embeddings are on the way
+        log.info("rank %d: %s on %s (%s, %s)", ctx.rank, inst.role, device, family.name, dtype)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        launch = self.cfg.launch
+        frontend_address = self.channel.peer_address(FRONTEND)  # waits until the frontend is up
+        beat = HeartbeatThread(self.channel, [frontend_address], launch.heartbeat_interval_s, self.ctx.launcher_pid)
+        beat.start()
+        heard = time.monotonic()
+        try:
+            while True:
+                for sender, msg in self.channel.recv(self._inbox_wait_ms()):
+                    if sender == FRONTEND:
+                        heard = time.monotonic()
+                    if isinstance(msg, Shutdown):
+                        return
+                    self._dispatch(msg)
+                self._receive_arrived()
+                if self.encoder and self.encoder.has_work:
+                    for result in self.encoder.step():
+                        self._deliver(result)
+                if self.language and self.language.has_work:
+                    for out in self.language.step():
+                        self.channel.send(FRONTEND, out)
+                if self.transfer is not None:
+                    self.transfer.poll()
+                self._check_frontend(heard)
+        finally:
+            beat.stop()
+
+    def _check_frontend(self, heard: float) -> None:
+        silent = time.monotonic() - heard
+        if silent > self.cfg.launch.heartbeat_timeout_s:
+            raise FrontendLost(
+                f"rank {self.rank}: the frontend has been silent for {silent:.0f} s "
+                f"(launch.heartbeat_timeout_s={self.cfg.launch.heartbeat_timeout_s:g}): stopping"
+            )
+        if self.frontend is not None and self.frontend.poll() is not None:
+            raise FrontendLost(f"the frontend process exited with code {self.frontend.returncode} before shutdown")
+
+    def _inbox_wait_ms(self) -> int:
+        if (self.language and self.language.has_work) or self.parked:
+            return 0
+        wait_s = self.encoder.wait_s() if self.encoder else None
+        return IDLE_WAIT_MS if wait_s is None else min(IDLE_WAIT_MS, int(wait_s * 1e3))
+
+    def _dispatch(self, msg) -> None:
+        if isinstance(msg, Heartbeat):
+            return
+        if isinstance(msg, EncodeItem) and self.encoder is not None:
+            self.encoder.add(msg)
+        elif isinstance(msg, NewRequest) and self.language is not None:
+            self.language.add_request(msg)
+        elif isinstance(msg, Abort) and self.language is not None:
+            self.language.abort(msg.request_id)
+        elif isinstance(msg, ItemReady) and self.language is not None:
+            self._on_item_ready(msg)
+        else:  # authentic, but not for this rank's roles
+            self.channel._drop("misrouted", f"{type(msg).__name__} for a rank without that role")
+
+    # ---- embeddings in --------------------------------------------------------------------------
+
+    def _on_item_ready(self, msg: ItemReady) -> None:
+        if msg.handle is None:
+            msg.timestamps["transfer_end"] = time.time()
+            self.language.add_item(msg.request_id, msg.index, None, None, msg.error, msg.timestamps)
+            return
+        self.parked.append((msg, time.monotonic() + self.cfg.transfer.recv_timeout_s))
+
+    def _receive_arrived(self) -> None:
+        """Receive parked items whose data is here, in arrival order (point-to-point backends match
+        sends by order); an item whose data does not come in ``transfer.recv_timeout_s`` fails."""
+        while self.parked:
+            msg, deadline = self.parked[0]
+            try:
+                if not self.transfer.ready(msg.handle):
+                    if time.monotonic() < deadline:
+                        return
+                    raise TimeoutError(f"no data within transfer.recv_timeout_s={self.cfg.transfer.recv_timeout_s:g}")
+                tensors = dict(zip(msg.tensor_names, self.transfer.recv(msg.handle), strict=True))
+                meta = ItemMeta(
+                    modality=msg.modality, token_ids=msg.token_ids, token_types=msg.token_types, info=msg.info
+                )
+                error = None
+            except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
+                tensors = meta = None
+                error = f"its embeddings could not be received: {type(exc).__name__}: {exc}"
+                log.warning("rank %d: item %d of %s: %s", self.rank, msg.index, msg.request_id, error)
+            self.parked.popleft()
+            msg.timestamps["transfer_end"] = time.time()
+            self.language.add_item(msg.request_id, msg.index, meta, tensors, error, msg.timestamps)
+
+    # ---- embeddings out -------------------------------------------------------------------------
+
+    def _deliver(self, res: EncodeResult) -> None:
+        self._deliver_item(res)
+        self.channel.send(
+            FRONTEND,
+            ItemDone(
+                request_id=res.msg.request_id,
+                index=res.msg.index,
+                encoder_rank=self.rank,
+                num_tokens=res.num_tokens,
+                est_tokens=res.est_tokens,
+                cache=res.cache,
+                batch_id=res.batch_id,
+                batch_size=res.batch_size,
+                batch_tokens=res.batch_tokens,
+                error=res.error,
+                timestamps=res.timestamps,
+            ),
+        )
+
+    def _deliver_item(self, res: EncodeResult) -> None:
+        dst = res.msg.language_rank
+        item = res.item
+        if item is not None and res.msg.content_hash is not None:  # the language side's prefix cache keys media on it
+            item.meta.info["content_hash"] = res.msg.content_hash
+        if dst == self.rank:  # colocated: hand over in process, no copy
+            meta, tensors = (item.meta, item.tensors) if item is not None else (None, None)
+            self.language.add_item(res.msg.request_id, res.msg.index, meta, tensors, res.error, res.timestamps)
+            return
+        res.timestamps["transfer_start"] = time.time()
+        handle = self.transfer.send(dst, list(item.tensors.values())) if item is not None else None
+        self.channel.send(
+            rank_name(dst),
+            ItemReady(
+                request_id=res.msg.request_id,
+                index=res.msg.index,
+                modality=res.msg.modality,
+                token_ids=item.meta.token_ids if item else [],
+                token_types=item.meta.token_types if item else [],
+                info=item.meta.info if item else {},
+                tensor_names=list(item.tensors) if item else [],
+                handle=handle,
+                error=res.error,
+                timestamps=res.timestamps,
+            ),
+        )
+
+    def close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
+        if self.transfer is not None:
+            self.transfer.close()
+        self.channel.close()
