@@ -1,6 +1,6 @@
 """``python -m epd.run [overrides]`` / ``torchrun -m epd.run [overrides]``: one experiment, end to end.
 
-Hydra composes ``conf/``; the result is converted once into a typed :class:`~epd.config.RunConfig`
+Hydra composes ``epd/conf/``; the result is converted once into a typed :class:`~epd.config.RunConfig`
 and checked before any process starts. Under torchrun every rank lands here and serves its role;
 started as a plain process, epd spawns the topology's ranks itself (one in-process rank when the
 topology has a single instance).
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from epd.config.schema import register_schemas
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # package data: found from any working directory
 
 
 def _run_stamp() -> str:

@@ -1,4 +1,4 @@
-"""Which role each rank plays: the topology (`conf/topology/*.yaml`)."""
+"""Which role each rank plays: the topology (`epd/conf/topology/*.yaml`)."""
 
 from __future__ import annotations
 
