@@ -1,6 +1,6 @@
 """``python -m epd.run [overrides]`` / ``torchrun -m epd.run [overrides]``: one experiment, end to end.
 
-Hydra composes ``conf/``; the result is converted once into a typed :class:`~epd.config.RunConfig`
+Hydra composes ``epd/conf/``; the result is converted once into a typed :class:`~epd.config.RunConfig`
 and checked before any process starts, and the whole workload is built and checked in this process
 (``workload.jsonl`` in the run directory): a mistake in the config or the workload fails here, in
 seconds, with one line naming the key, file and line. Under torchrun every rank lands here and
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from epd.config.schema import register_schemas
 from epd.launch import exit_codes
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # package data: found from any working directory
 _FAILED_JOBS: list[str] = []
 
 

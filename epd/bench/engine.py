@@ -1,20 +1,24 @@
 """Language-engine benchmark: epd vs transformers ``generate`` vs the hardware floor, in one run.
 
     python -m epd.bench.engine                 # GPU: Qwen2.5-7B shape, random weights, bf16
-    python -m epd.bench.engine --quick         # smaller sizes (a smoke run; CPU works too)
+    python -m epd.bench.engine --smoke         # a smoke run: a narrow 2-layer model, short sequences;
+                                               # the only mode on CPU (float32; times are not benchmarks)
 
 Rows: decode time per output token at batch 1 and 32, prefill of 16k tokens, most concurrent
 sequences at 8k context. Floors are measured in the same run: a large device-to-device copy gives
 the memory rate (weights read once per decode step), an 8192³ bf16 matmul the compute rate.
 Before timing, a correctness check: transformers and epd, same random weights, greedy tokens and
-the first-token logits' relative error (both bf16, and each against a float32 run of the model).
+the first-token logits' relative error (both in the run's dtype, and on GPU each against a float32
+run of the model). Every label names the dtype the run really used.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +64,36 @@ def qwen25_7b_config(layers: int | None = None) -> Any:
         tie_word_embeddings=False,
         initializer_range=0.02,
     )
+
+
+SMOKE_SHAPE = {"num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
+               "num_key_value_heads": 2}  # fmt: skip
+
+
+def smoke_config(cfg: Any) -> Any:
+    """``cfg`` narrowed to SMOKE_SHAPE (same architecture and vocabulary): a CPU runs it in seconds."""
+    for key, value in SMOKE_SHAPE.items():
+        setattr(cfg, key, value)
+    if getattr(cfg, "head_dim", None):
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads
+    return cfg
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr (the tables go to stdout)."""
+    print(f"epd.bench.engine: {message}", file=sys.stderr, flush=True)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.2f} ms"
+
+
+def _count(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
+def _ratio(a: float, b: float, digits: int = 3) -> str:
+    return "-" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.{digits}f}"
 
 
 def cast_params(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -198,6 +232,9 @@ def capture_logits(engine: LanguageEngine) -> list[torch.Tensor]:
     return seen
 
 
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
 def _agree(a: list[int], b: list[int]) -> str:
     """Leading tokens in common, of all."""
     if not b:
@@ -211,14 +248,16 @@ def _rel(a: torch.Tensor, ref: torch.Tensor | None) -> str:
 
 
 def print_correctness(
-    prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens
+    prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens, dtype=torch.bfloat16
 ) -> None:
-    """Greedy agreement (leading tokens equal) and first-token logit errors, per check prompt. The
-    control column is transformers against itself (eager attention vs SDPA, both bf16)."""
-    print("\ncorrectness (same random weights; leading greedy tokens equal, of 16):")
+    """Greedy agreement (leading tokens equal) and first-token logit errors, per check prompt, with
+    ``dtype`` (the run's) in every label. The control column is transformers against itself (eager
+    attention vs SDPA, both in ``dtype``)."""
+    d = DTYPE_NAMES.get(dtype, str(dtype))
+    print(f"\ncorrectness (same random weights, {d}; leading greedy tokens equal, of 16):")
     print(
-        "| prompt | epd = HF (bf16) | control: HF eager = HF sdpa (bf16) | HF bf16 = HF fp32 | epd fp32 = HF fp32 "
-        "| logits rel. err. epd vs HF (bf16) | epd bf16 vs fp32 | HF bf16 vs fp32 |"
+        f"| prompt | epd = HF ({d}) | control: HF eager = HF sdpa ({d}) | HF {d} = HF fp32 | epd fp32 = HF fp32 "
+        f"| logits rel. err. epd vs HF ({d}) | epd {d} vs fp32 | HF {d} vs fp32 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for i, ids in enumerate(prompts):
@@ -231,35 +270,51 @@ def print_correctness(
             f"| {_agree(epd32_tokens.get(f'b{i}', []), f32_tokens) if epd32_tokens else '-'} "
             f"| {_rel(logits, hf_logits[i])} | {_rel(logits, f32)} | {_rel(hf_logits[i], f32)} |"
         )
+    if not fp32_logits:
+        print("(the fp32 columns need a separate float32 run, made on GPU only)")
 
 
 # ---- main ------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 layers and short sequences (smoke run)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m epd.bench.engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", "--quick", action="store_true", help="smoke run: 2 narrow layers, short sequences (needed on CPU)"
+    )
     parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        parser.exit(
+            2,
+            "epd.bench.engine: no CUDA GPU here; the benchmark times the Qwen2.5-7B shape in bf16 on a GPU. "
+            "On CPU, --smoke runs a narrow 2-layer float32 model through the same code paths "
+            "(a check that it runs, in seconds; its times are not benchmarks).\n",
+        )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    quick = args.quick or device.type != "cuda"
-    layers = args.layers or (2 if quick else None)
+    quick = args.smoke
     prompt, new, prefill_tokens, context = (64, 16, 1024, 1024) if quick else (128, 128, 16384, 8192)
     torch.manual_seed(0)
 
+    progress(f"measuring the {device.type} floors" if device.type == "cuda" else "no floors on CPU")
     bw, flops = measure_ceilings(device)
     from transformers import Qwen2ForCausalLM
 
-    hf_cfg = qwen25_7b_config(layers)
+    hf_cfg = smoke_config(qwen25_7b_config()) if quick else qwen25_7b_config()
+    if args.layers:
+        hf_cfg.num_hidden_layers = args.layers
     with torch.device(device):  # built in dtype: a later .to(bf16) would also round rope's inv_freq buffer
         hf = Qwen2ForCausalLM._from_config(hf_cfg, dtype=dtype).eval()
     assert hf.model.rotary_emb.inv_freq.dtype == torch.float32
     spec = DecoderSpec.from_hf_config(hf_cfg, rope_style="1d", qk_norm=False, qkv_bias=True, tie=False)
     weight_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
     kv_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * torch.finfo(dtype).bits // 8
+    shape = f"SMOKE RUN, not a benchmark: Qwen2.5-7B narrowed to hidden {spec.hidden_size}" if quick else "Qwen2.5-7B"
     print(
-        f"model: Qwen2.5-7B shape, {spec.num_layers} layers, {weight_bytes / 1e9:.2f} GB of weights, {dtype}",
+        f"model: {shape}, {spec.num_layers} layers, {weight_bytes / 1e9:.2f} GB of weights, {dtype} on {device}",
         flush=True,
     )
 
@@ -268,6 +323,7 @@ def main() -> None:
     lengths = (16, 100, 500, 2000) if not quick else (16, 100)
     check_prompts = [torch.randint(0, 150000, (n,), generator=gen).tolist() for n in lengths]
     hf_tokens, hf_logits, fp32_tokens, fp32_logits, eager_tokens = [], [], [], [], []
+    progress(f"transformers: correctness prompts {lengths}")
     for ids in check_prompts:
         x = torch.tensor([ids], device=device)
         hf_tokens.append(hf_generate(hf, x, 16)[0, len(ids) :].tolist())
@@ -288,6 +344,7 @@ def main() -> None:
         cast_params(hf, dtype)
 
     # transformers' timings
+    progress(f"transformers: timing decode (batch 1, 32), prefill {prefill_tokens}, concurrency")
     budget = torch.cuda.get_device_properties(device).total_memory * 0.9 if device.type == "cuda" else float("nan")
     base = {
         "decode b1": hf_tpot(hf, 1, prompt, new, device),
@@ -305,6 +362,7 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     # epd: same weights
+    progress("epd: building the engine (warm-up, CUDA graphs on GPU) and checking the same prompts")
     cfg = EngineConfig(max_batch_tokens=max(prefill_tokens, 8192), max_num_seqs=256)
     engine = LanguageEngine(TextSide(spec), cfg, device, dtype, tensors=((k, v.to(device)) for k, v in state.items()))
     engine.warm_up()
@@ -316,6 +374,7 @@ def main() -> None:
     engine.runner._sample = type(engine.runner)._sample.__get__(engine.runner)
 
     # epd timings (triton decode kernel; flash decode too where this torch has it)
+    progress(f"epd: timing decode (batch 1, 32), prefill {prefill_tokens}")
     ours = {
         "decode b1": epd_tpot(engine, 1, prompt, new),
         "decode b32": epd_tpot(engine, 32, prompt, new),
@@ -342,8 +401,11 @@ def main() -> None:
         tensors = ((k, v.to(device, torch.float32)) for k, v in state.items())
         engine = LanguageEngine(TextSide(spec), cfg32, device, torch.float32, tensors=tensors)
         engine.warm_up()
+        progress("epd: the same prompts in float32")
         epd32_tokens, _ = epd_run(engine, check_prompts, 16)
-    print_correctness(check_prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens)
+    print_correctness(
+        check_prompts, checks, hf_tokens, hf_logits, fp32_tokens, fp32_logits, epd32_tokens, eager_tokens, dtype
+    )
     attn_flops = 2 * prefill_tokens**2 * spec.num_heads * spec.head_dim * spec.num_layers  # causal QK and PV
     floor = {
         "decode b1": weight_bytes / bw,  # bw counts every byte moved; a decode step reads the weights once
@@ -352,21 +414,26 @@ def main() -> None:
         f"concurrent @{context}": (budget - weight_bytes) / (context * kv_per_token),
     }
     target = {"decode b1": 5e-3, "decode b32": 8e-3, f"prefill {prefill_tokens}": 0.45, f"concurrent @{context}": None}
-    print(f"\nceilings: copy {bw / 1e9:.0f} GB/s (read + write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    if device.type == "cuda":
+        print(f"\nceilings: copy {bw / 1e9:.0f} GB/s (read + write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    else:
+        print("\nceilings: not measured on CPU (floor columns are '-')")
     print(f"epd KV cache: {capacity} tokens")
-    print("\n| work | epd | transformers | floor | epd / transformers | epd / floor | target |")
+    print(
+        f"\n| work ({DTYPE_NAMES.get(dtype, dtype)}) | epd | transformers | floor | epd / transformers | epd / floor | target |"
+    )
     print("|---|---|---|---|---|---|---|")
     for key in ours:
         e, b, f = ours[key], base[key], floor[key]
         if key.startswith("concurrent"):
-            print(f"| {key} (sequences) | {e:.0f} | {b:.0f} | {f:.0f} | {e / b:.2f}x | {e / f:.2f} | - |")
+            print(
+                f"| {key} (sequences) | {e:.0f} | {_count(b)} | {_count(f)} | {_ratio(e, b, 2)} | {_ratio(e, f, 2)} | - |"
+            )
             continue
         t = target[key]
         tgt = f"≤ {t * 1e3:.0f} ms {'met' if e <= t else 'missed'}" if not quick else "-"
         note = f" (flash decode: {extra[key] * 1e3:.2f} ms)" if key in extra else ""
-        print(
-            f"| {key} | {e * 1e3:.2f} ms{note} | {b * 1e3:.2f} ms | {f * 1e3:.2f} ms | {e / b:.3f} | {e / f:.2f} | {tgt} |"
-        )
+        print(f"| {key} | {_ms(e)}{note} | {_ms(b)} | {_ms(f)} | {_ratio(e, b)} | {_ratio(e, f, 2)} | {tgt} |")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def host_step_us(batch: int, prompt: int, steps: int = 50, reps: int = 5) -> flo
     return statistics.median(times[1:])
 
 
-def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m epd.bench.host", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     print("| batch | prompt tokens | host µs per decode step |")
     print("|---|---|---|")
     for batch in (1, 32):

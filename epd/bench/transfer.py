@@ -38,14 +38,34 @@ class Ship(msgspec.Struct, array_like=True):
     handle: TransferHandle | None  # None: the reference send/recv follows instead
 
 
+OPTIONS = {
+    "transfer": "backend to measure: nccl (gloo on CPU), shm or zmq",
+    "sizes": "payload sizes, comma-separated; K/M/G are binary units",
+    "iters": "timed transfers per size (the median is reported)",
+    "warmup": "untimed transfers per size before the timed ones",
+    "device": "auto (a GPU when there is one), cpu or cuda",
+}
+
+
+def usage() -> str:
+    """The ``--help`` text: what the benchmark does and its key=value options with their defaults."""
+    options = "\n".join(
+        f"  {key}=VALUE{' ' * (9 - len(key))}{text} (default {DEFAULTS[key]})" for key, text in OPTIONS.items()
+    )
+    return f"usage: python -m epd.bench.transfer [key=value ...]    (installed: epd-bench-transfer)\n{__doc__}\noptions:\n{options}\n"
+
+
 def parse_args(argv: list[str]) -> dict[str, str]:
     """Hydra-style key=value arguments (`transfer.backend=shm` is accepted for `transfer=shm`)."""
+    if {"-h", "--help"} & set(argv):
+        print(usage())
+        raise SystemExit(0)
     args = dict(DEFAULTS)
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
         key = {"transfer.backend": "transfer"}.get(key, key)
         if not sep or key not in DEFAULTS:
-            raise SystemExit(f"bad argument {arg!r}; expected key=value with key in {', '.join(DEFAULTS)}")
+            raise SystemExit(f"bad argument {arg!r}; expected key=value with key in {', '.join(DEFAULTS)} (see --help)")
         args[key] = value
     return args
 
@@ -129,6 +149,7 @@ def _rank_main(rank: int, args: dict[str, str], port: int) -> None:
         if cross_gpu:
             ref_s = statistics.median(_recv_side(transfer, control, payload, iters + warmup, reference=True)[warmup:])
         rows.append((nbytes, statistics.median(times), ref_s))
+        print(f"epd.bench.transfer: {human(nbytes)} measured", file=sys.stderr, flush=True)  # progress
         del payload
     transfer.close()
     control.close(linger=1000)
@@ -185,7 +206,10 @@ def _print_table(args: dict[str, str], devices: list[torch.device], cross_gpu: b
         where = f"{torch.cuda.get_device_name(devices[0])}: rank 0 on {devices[0]}, rank 1 on {devices[1]}"
         ref = "dist.send/recv of one tensor (NCCL)" if cross_gpu else "device-to-device copy (dst.copy_(src))"
     print(f"command: python -m epd.bench.transfer {' '.join(f'{k}={v}' for k, v in args.items())}")
-    print(f"device:  {where}; torch {torch.__version__}; backend {args['transfer']}")
+    backend = args["transfer"] + (
+        " (gloo: no NCCL on CPU)" if args["transfer"] == "nccl" and devices[0].type == "cpu" else ""
+    )
+    print(f"device:  {where}; torch {torch.__version__}; backend {backend}")
     print("note:    time = median end-to-end (send() to tensors usable on the receiver, handle over ZMQ);")
     print(f"         reference = {ref}; ratio = reference time / transfer time (1.0 = at the limit)")
     print(f"{'size':>10} {'ms':>9} {'GB/s':>8} {'ref ms':>9} {'ref GB/s':>9} {'ratio':>6}")

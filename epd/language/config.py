@@ -1,4 +1,4 @@
-"""Language engine knobs (``conf/engine/*.yaml``)."""
+"""Language engine knobs (``epd/conf/engine/*.yaml``)."""
 
 from __future__ import annotations
 

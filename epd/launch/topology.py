@@ -1,4 +1,4 @@
-"""Which role each rank plays: the topology (`conf/topology/*.yaml`).
+"""Which role each rank plays: the topology (`epd/conf/topology/*.yaml`).
 
 Instances are listed in order; instance i takes the next ``tp`` ranks of the job (its *leader* is
 the first of them). Control messages go to leaders; the other ranks of a tensor-parallel instance

@@ -10,7 +10,7 @@ TOWER_ATTENTION = ("auto", "varlen", "sdpa", "eager")  # = epd_kernels.tower.TOW
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """``conf/model/*.yaml``. Exactly one source: ``path``, ``tiny`` or ``name`` (in that priority)."""
+    """``epd/conf/model/*.yaml``. Exactly one source: ``path``, ``tiny`` or ``name`` (in that priority)."""
 
     name: str | None = None
     """Hugging Face id of the real checkpoint, looked up in the local HF cache (no download)."""

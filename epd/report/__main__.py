@@ -1,8 +1,9 @@
-"""``python -m epd.report <sweep_or_run_dir> [--out DIR] [--stat mean|p50|p90|p99]``.
+"""``python -m epd.report <sweep_or_run_dir> [--out DIR] [--stat mean|p50|p90|p99|max]`` (installed: ``epd-report``).
 
-Reads every results.json below the directory (a Hydra sweep, a seed_table run, a single run) and
-writes report.csv, report.md, ttft_vs_rate.png, tpot_vs_rate.png and breakdown.png (into the
-directory unless --out says otherwise), then prints the markdown table.
+Tabulates and plots every run under a directory (a Hydra sweep, a seed_table run, a single run):
+reads each results.json and writes report.csv, report.md, ttft_vs_rate.png, tpot_vs_rate.png and
+breakdown.png (into the directory unless --out says otherwise), then prints the markdown table.
+A sweep job that left no results.json (it failed, or has not finished) gets a row saying so.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from epd.report.write import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m epd.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m epd.report",
+        description="\n".join(__doc__.splitlines()[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("root", type=Path, help="a sweep directory, a run directory or a results.json")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the directory itself)")
     parser.add_argument(

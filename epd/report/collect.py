@@ -6,6 +6,11 @@ row at its ``workload.request_rate``. A row's ``label`` says which variant it is
 ``label`` when results.json has one (e.g. the transformers baseline), else its topology name plus
 every other config key that differs between the runs (rate, request count and seed excluded, they
 are what a line of the plot runs over), e.g. ``2e1p transfer.backend=zmq``.
+
+A job directory without a results.json (a sweep job that failed or has not finished: it has
+Hydra's ``.hydra/overrides.yaml``, or the ``overrides.yaml`` / ``epd_config.json`` / ``job.log`` a
+kept run has) gives one row with ``status`` "no results.json", labelled with the job and its
+overrides, so a report never silently shows fewer rows than the sweep had jobs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import Any
 from epd.metrics.breakdown import STAGES
 
 RESULTS_FILE = "results.json"
+MISSING = "no results.json"  # the status of a job directory that has none
+JOB_MARKERS = ("overrides.yaml", "epd_config.json", "job.log")  # files that make a directory a job
+BASELINE = "colocated"  # the configuration every other is compared with: first in tables and plots
 STATS = ("mean", "p50", "p90", "p99", "max")
 LATENCIES = ("ttft", "tpot", "itl", "e2e")
 # config keys that never tell variants apart: what one line of a plot varies, and bookkeeping
@@ -36,11 +44,13 @@ def find_results(root: Path) -> list[Path]:
     return sorted(root.rglob(RESULTS_FILE), key=lambda p: _natural_key(str(p.relative_to(root))))
 
 
-def load_rows(root: Path) -> list[dict[str, Any]]:
-    """The report's rows for every run under `root`; `ValueError` when there is none."""
+def load_rows(root: Path, *, with_missing: bool = False) -> list[dict[str, Any]]:
+    """The report's rows for every run under `root` (and, with `with_missing`, one row per job
+    directory without results); `ValueError` when there are none."""
     root = Path(root)
     paths = find_results(root)
-    if not paths:
+    missing = missing_rows(root) if with_missing else []
+    if not paths and not missing:
         raise ValueError(f"no {RESULTS_FILE} under {root}: point epd.report at a run or sweep directory")
     runs = [(path, json.loads(path.read_text())) for path in paths]
     labels = variant_labels([results for _, results in runs])
@@ -48,7 +58,42 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
     for (path, results), label in zip(runs, labels, strict=True):
         run = str(path.parent.relative_to(root)) if root.is_dir() else str(path.parent)
         rows += run_rows(results, run=run or ".", label=label)
+    return rows + missing
+
+
+def find_missing(root: Path) -> list[Path]:
+    """Job directories under `root` (or `root` itself) that have no results.json, in natural order."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    jobs = {marker.parent for name in JOB_MARKERS for marker in root.rglob(name)}
+    jobs = {job.parent if job.name == ".hydra" else job for job in jobs}
+    missing = [job for job in jobs if not (job / RESULTS_FILE).is_file()]
+    return sorted(missing, key=lambda p: _natural_key(str(p.relative_to(root))))
+
+
+def missing_rows(root: Path) -> list[dict[str, Any]]:
+    """One row per job without results: which job, its overrides, its rate when an override sets it."""
+    rows = []
+    for job in find_missing(root):
+        run = str(job.relative_to(root)) or "."
+        overrides = job_overrides(job)
+        values = dict(o.lstrip("+").partition("=")[::2] for o in overrides)
+        label = f"job {run}" + (f": {' '.join(overrides)}" if overrides else "")
+        rate = _number(values.get("workload.request_rate"))
+        rows.append({"run": run, "label": label, "status": MISSING, "request_rate": rate})
     return rows
+
+
+def job_overrides(job: Path) -> list[str]:
+    """The command-line overrides a job ran with (Hydra's record of them), or []."""
+    import yaml
+
+    for path in (job / ".hydra" / "overrides.yaml", job / "overrides.yaml"):
+        if path.is_file():
+            loaded = yaml.safe_load(path.read_text())
+            return [str(o) for o in loaded] if isinstance(loaded, list) else []
+    return []
 
 
 def run_rows(results: dict, *, run: str, label: str) -> list[dict[str, Any]]:
@@ -59,6 +104,7 @@ def run_rows(results: dict, *, run: str, label: str) -> list[dict[str, Any]]:
     base = {
         "run": run,
         "label": label,
+        "status": "ok",
         "topology": (config.get("topology") or {}).get("name", ""),
         "peak_mem_gib": _peak_gib(summary.get("peak_memory") or {}),
     }
@@ -144,6 +190,11 @@ def _peak_gib(peaks: dict) -> float | None:
 
 def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def is_baseline(label: str) -> bool:
+    """Whether a row's label is the colocated baseline (any variant of it)."""
+    return label == BASELINE or label.startswith(BASELINE + " ")
 
 
 def is_finite_rate(row: dict) -> bool:

@@ -1,7 +1,9 @@
 """The report's plots (PNG, matplotlib's Agg backend): latency vs request rate, stage breakdown.
 
 matplotlib is imported only here and only when a plot is drawn, so the CSV and markdown outputs
-work on a machine without it (the GPU image).
+work on a machine without it (the GPU image). Every plot reads the same way: value axes start at 0
+(linear), the colocated baseline comes first and is drawn black and dashed, and the legend sits
+outside the axes, clear of the data.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from epd.metrics.breakdown import STAGES
-from epd.report.collect import is_finite_rate
+from epd.report.collect import is_baseline, is_finite_rate
 
-LOG_SCALE_SPREAD = 20.0  # a latency axis spanning more than this factor is drawn log-scale
+BASELINE_COLORS = ("black", "dimgray", "darkgray")  # colocated variants; other lines take matplotlib's cycle
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0, "fontsize": "small"}
 TITLES = {"ttft": "time to first token", "tpot": "time per output token", "e2e": "end-to-end latency"}
 
 
@@ -26,12 +29,41 @@ def _pyplot():
     return plt
 
 
-def plot_latency_vs_rate(rows: list[dict[str, Any]], metric: str, path: Path, stat: str = "mean") -> Path | None:
-    """`metric` ("ttft", "tpot", "e2e") `stat` against request rate, one line per label.
+def baseline_first(labels) -> list[str]:
+    """Labels in drawing order: the colocated baseline (and its variants) first, then the others sorted."""
+    return sorted(labels, key=lambda label: (not is_baseline(label), label))
 
-    Rows at an infinite rate (everything sent at once) have no x value and are left out; returns
-    None (and writes nothing) when no row has a finite rate and a value.
-    """
+
+def line_styles(labels: list[str]) -> dict[str, dict[str, Any]]:
+    """matplotlib keyword arguments per label: colocated black (then grays) and dashed, others solid."""
+    styles, baselines = {}, 0
+    for label in labels:
+        if is_baseline(label):
+            color = BASELINE_COLORS[min(baselines, len(BASELINE_COLORS) - 1)]
+            styles[label] = {"color": color, "linestyle": "--", "marker": "s"}
+            baselines += 1
+        else:
+            styles[label] = {"linestyle": "-", "marker": "o"}
+    return styles
+
+
+def plot_lines(ax, lines: dict[str, list[tuple[float, float]]]) -> None:
+    """One line per label (points sorted by x), baseline first; the y axis starts at 0."""
+    order = baseline_first(lines)
+    styles = line_styles(order)
+    for label in order:
+        points = sorted(lines[label])
+        ax.plot([x for x, _ in points], [y for _, y in points], label=label, **styles[label])
+    top = max((y for points in lines.values() for _, y in points), default=0.0)
+    ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)  # headroom: a flat line is not drawn on the frame
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+
+
+def latency_figure(rows: list[dict[str, Any]], metric: str, stat: str = "mean"):
+    """The figure of `metric` ("ttft", "tpot", "e2e") `stat` against request rate, one line per
+    label; None when no row has a finite rate and a value. Rows at an infinite rate (everything sent
+    at once) have no x value and are left out."""
     key = f"{metric}_{stat}_ms"
     lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
@@ -39,22 +71,25 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], metric: str, path: Path, st
             lines[row["label"]].append((row["request_rate"], row[key]))
     if not lines:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label in sorted(lines):
-        points = sorted(lines[label])
-        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
-    values = [y for points in lines.values() for _, y in points if y > 0]
-    if values and max(values) / min(values) > LOG_SCALE_SPREAD:
-        ax.set_yscale("log")
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
+    plot_lines(ax, lines)
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel(f"{metric.upper()} {stat} (ms)")
     ax.set_title(f"{TITLES.get(metric, metric)} ({stat}) vs request rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ax.legend(**LEGEND_OUTSIDE)
+    return fig
+
+
+def plot_latency_vs_rate(rows: list[dict[str, Any]], metric: str, path: Path, stat: str = "mean") -> Path | None:
+    """Write :func:`latency_figure` to `path` (PNG); None (nothing written) when there is no figure."""
+    fig = latency_figure(rows, metric, stat)
+    return None if fig is None else save(fig, path)
+
+
+def save(fig, path: Path) -> Path:
+    """Save as PNG with the outside legend inside the image, and free the figure."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
     return path
 
 
@@ -75,16 +110,12 @@ def plot_breakdown(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.barh(names, widths, left=left, label=stage, color=colors[(2 * i) % len(colors)])
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.invert_yaxis()
+    ax.set_xlim(left=0)
     ax.set_xlabel("mean time in stage (ms)")
     ax.set_title("where a request's time goes (stage breakdown)")
-    ax.legend(
-        fontsize="small", ncol=min(len(stages), 4), loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.5 / len(bars))
-    )
+    ax.legend(**LEGEND_OUTSIDE)
     ax.grid(True, axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _bar_name(row: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from epd.metrics.breakdown import STAGES
-from epd.report.collect import load_rows
+from epd.report.collect import MISSING, is_baseline, load_rows
 
 log = logging.getLogger("epd.report")
 
@@ -22,9 +22,10 @@ def write_report(root: Path, out_dir: Path | None = None, stat: str = "mean") ->
     """Write report.csv, report.md, ttft_vs_rate.png, tpot_vs_rate.png and breakdown.png for the runs
     under `root` into `out_dir` (default `root`); returns {name: path} of what was written.
 
+    A job directory without results.json gets a row saying so (status "no results.json").
     Plots need matplotlib; without it they are skipped with a warning and the tables still written.
     """
-    rows = sort_rows(load_rows(root))
+    rows = sort_rows(load_rows(root, with_missing=True))
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else (root if root.is_dir() else root.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,10 +49,15 @@ def write_report(root: Path, out_dir: Path | None = None, stat: str = "mean") ->
 
 
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By label, then rate (an infinite or unknown rate last)."""
-    return sorted(
-        rows, key=lambda r: (r["label"], r["request_rate"] if r["request_rate"] is not None else float("inf"))
-    )
+    """The colocated baseline first, then by label, then rate (an infinite or unknown rate last); jobs
+    without results at the end, in the order they were found."""
+    done = [r for r in rows if r.get("status") != MISSING]
+    done.sort(key=lambda r: (not is_baseline(r["label"]), r["label"], _rate_key(r["request_rate"])))
+    return done + [r for r in rows if r.get("status") == MISSING]
+
+
+def _rate_key(rate: float | None) -> float:
+    return rate if rate is not None else float("inf")
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -69,6 +75,9 @@ def markdown_report(rows: list[dict[str, Any]], source: Path) -> str:
     """The latency/throughput table and the stage-breakdown table, in markdown."""
     slos = {(r.get("slo_ttft_ms"), r.get("slo_tpot_ms")) for r in rows if r.get("slo_attainment") is not None}
     lines = [f"# Report of `{source}`", "", f"{len(rows)} row(s). Latencies in ms; rates in requests/s."]
+    missing = [r["run"] for r in rows if r.get("status") == MISSING]
+    if missing:
+        lines.append(f"**{len(missing)} job(s) without results.json** (failed or unfinished): {', '.join(missing)}.")
     if len(slos) == 1:
         ttft, tpot = next(iter(slos))
         targets = [f"{name} <= {value:g} ms" for name, value in (("TTFT", ttft), ("TPOT", tpot)) if value is not None]
@@ -84,6 +93,10 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        if r.get("status") == MISSING:
+            cells = [r["label"], _rate(r["request_rate"]), MISSING] + ["-"] * (head.count("|") - 4)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
         cells = [
             r["label"],
             _rate(r["request_rate"]),
@@ -107,7 +120,7 @@ def breakdown_table(rows: list[dict[str, Any]]) -> list[str]:
         return ["(no stage timestamps in these runs)"]
     head = "| config | rate | " + " | ".join(stages) + " | E2E mean |"
     lines = [head, "|" + "---|" * (len(stages) + 3)]
-    for r in rows:
+    for r in (r for r in rows if r.get("status") != MISSING):
         cells = [r["label"], _rate(r["request_rate"]), *(_num(r.get(f"stage_{s}_ms")) for s in stages)]
         lines.append("| " + " | ".join([*cells, _num(r.get("e2e_mean_ms"))]) + " |")
     return lines

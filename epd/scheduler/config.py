@@ -1,4 +1,4 @@
-"""Scheduling policy selection (``conf/scheduler/*.yaml``)."""
+"""Scheduling policy selection (``epd/conf/scheduler/*.yaml``)."""
 
 from __future__ import annotations
 

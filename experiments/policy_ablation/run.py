@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def swept(experiment: str) -> dict[str, list[str]]:
-    """The sweep of ``conf/experiment/<experiment>.yaml``: key → its values."""
-    cfg = yaml.safe_load((REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text())
+    """The sweep of ``epd/conf/experiment/<experiment>.yaml``: key → its values."""
+    cfg = yaml.safe_load((REPO / "epd" / "conf" / "experiment" / f"{experiment}.yaml").read_text())
     params = cfg["hydra"]["sweeper"]["params"]
     return {key: str(values).split(",") for key, values in params.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", help="a conf/experiment/policy_ablation*.yaml name")
+    parser.add_argument("experiment", help="an epd/conf/experiment/policy_ablation*.yaml name")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="default: multirun/<experiment>/reps-<time>")
     parser.add_argument("overrides", nargs="*", help="extra epd.run overrides, e.g. workload.num_requests=4")

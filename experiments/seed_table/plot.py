@@ -3,7 +3,7 @@
     python experiments/seed_table/plot.py OUT        # writes OUT/seed_table.png and OUT/seed_table.md
 
 OUT is what run.py wrote (one results.json per configuration, phases = rates; plan.json). The
-table has the published anchor's shape (../shared/BENCH.md): a row per rate, "mean TTFT / mean
+table has the shape of SGLang EPD's published table: a row per rate, "mean TTFT / mean
 TPOT" per configuration, so the two read side by side.
 """
 
@@ -78,37 +78,45 @@ def seed_table_markdown(out: Path, note: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_seed_table(out: Path, path: Path, note: str = "") -> Path:
+def seed_table_figure(out: Path, note: str = ""):
+    """Mean TTFT and mean TPOT against rate, side by side: the axes start at 0, colocated first (black,
+    dashed), one legend right of both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from epd.report.plots import plot_lines
 
     table = by_label(out)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (key, name) in zip(
         axes, (("ttft_mean_ms", "mean TTFT (ms)"), ("tpot_mean_ms", "mean TPOT (ms)")), strict=True
     ):
-        for label, rows in table.items():
-            points = sorted((rate, row[key]) for rate, row in rows.items() if row.get(key) is not None)
-            if points:
-                ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
-        ax.set_yscale("log")
+        lines = {
+            label: [(rate, row[key]) for rate, row in rows.items() if row.get(key) is not None]
+            for label, rows in table.items()
+        }
+        plot_lines(ax, {label: points for label, points in lines.items() if points})
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(name)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.suptitle(f"seed_table: {workload_shape(out)}" + (f"\n{note}" if note else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_seed_table(out: Path, path: Path, note: str = "") -> Path:
+    from epd.report.plots import save
+
+    return save(seed_table_figure(out, note), path)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print(__doc__)
-        return 2
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     out = Path(argv[0])
     note = plan_note(out)
     markdown = seed_table_markdown(out, note)

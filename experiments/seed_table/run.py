@@ -1,4 +1,4 @@
-"""seed_table: epd's standard experiment, in one command (conf/experiment/seed_table.yaml).
+"""seed_table: epd's standard experiment, in one command (epd/conf/experiment/seed_table.yaml).
 
     python experiments/seed_table/run.py --out OUT                       # fit a 480 s device budget
     python experiments/seed_table/run.py --out OUT --budget-s 1200       # a bigger budget: more requests

@@ -132,8 +132,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="merge,towers,rope", help="comma-separated: merge, towers, rope")
+    parser = argparse.ArgumentParser(
+        prog="python -m epd_kernels.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        default="merge,towers,rope",
+        help="comma-separated: merge, towers (both need a CUDA GPU), rope (CPU too)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and ceilings here")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of the auto tower")

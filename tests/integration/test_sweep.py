@@ -64,14 +64,16 @@ def test_sweep_runs_every_job_then_report(tmp_path):
     assert report.returncode == 0, report.stderr
     with (sweep / "report.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert [(r["label"], r["request_rate"]) for r in rows] == [
-        ("1e1p", "40.0"),
-        ("1e1p", "inf"),
-        ("colocated", "40.0"),
-        ("colocated", "inf"),
+    assert [(r["label"], r["request_rate"], r["status"]) for r in rows[:4]] == [
+        ("colocated", "40.0", "ok"),  # the baseline first
+        ("colocated", "inf", "ok"),
+        ("1e1p", "40.0", "ok"),
+        ("1e1p", "inf", "ok"),
     ]
+    assert [(r["run"], r["status"]) for r in rows[4:]] == [("1", "no results.json"), ("3", "no results.json")]
+    assert "workload.output_len=0" in rows[4]["label"]  # the failed jobs' overrides say which they were
     colocated_inf = results["colocated"]["summary"]["phases"][1]
-    assert float(rows[3]["ttft_mean_ms"]) == pytest.approx(colocated_inf["ttft_ms"]["mean"])
+    assert float(rows[1]["ttft_mean_ms"]) == pytest.approx(colocated_inf["ttft_ms"]["mean"])
     assert "| colocated | 40 | 2/2 |" in (sweep / "report.md").read_text()
     for name in ("ttft_vs_rate.png", "tpot_vs_rate.png", "breakdown.png"):
         with Image.open(sweep / name) as image:

@@ -13,6 +13,7 @@ from PIL import Image
 from epd.metrics import LoggerConfig, RequestRecord, build_logger
 from epd.metrics.phases import summarize_run
 from epd.report import load_rows, write_report
+from epd.report.plots import latency_figure
 from tests.conftest import REPO
 
 
@@ -110,8 +111,8 @@ def test_write_report_files(sweep, tmp_path):
     assert set(written) == {"csv", "markdown", "ttft", "tpot", "breakdown"}
     with (out / "report.csv").open() as file:
         table = list(csv.DictReader(file))
-    assert len(table) == 6 and table[0]["label"] == "1e1p"
-    assert float(table[1]["ttft_mean_ms"]) == pytest.approx(4000.0)
+    assert [r["label"] for r in table] == ["colocated"] * 2 + ["1e1p"] * 2 + ["2e1p"] * 2  # the baseline first
+    assert float(table[3]["ttft_mean_ms"]) == pytest.approx(4000.0) and table[3]["status"] == "ok"
     markdown = (out / "report.md").read_text()
     assert "| 1e1p | 2 | 4/4 | 4000.0 |" in markdown
     assert "Goodput and SLO attainment under TTFT <= 1500 ms." in markdown
@@ -140,3 +141,55 @@ def test_cli(sweep, tmp_path):
         [sys.executable, "-m", "epd.report", str(empty)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "no results.json under" in proc.stderr
+
+
+def test_missing_job_gets_a_row(sweep, tmp_path):
+    """A sweep job that failed has its .hydra/ but no results.json: the report says so in a row."""
+    root, _ = sweep
+    failed = root / "4" / ".hydra"
+    failed.mkdir(parents=True)
+    (failed / "overrides.yaml").write_text("- +topology=2e1p\n- workload.request_rate=3.0\n")
+    out = tmp_path / "out"
+    write_report(root, out)
+    with (out / "report.csv").open() as file:
+        table = list(csv.DictReader(file))
+    assert len(table) == 7
+    last = table[-1]
+    assert (last["run"], last["status"], last["request_rate"]) == ("4", "no results.json", "3.0")
+    assert last["label"] == "job 4: +topology=2e1p workload.request_rate=3.0" and last["ttft_mean_ms"] == ""
+    markdown = (out / "report.md").read_text()
+    assert "| job 4: +topology=2e1p workload.request_rate=3.0 | 3 | no results.json | - |" in markdown
+    assert "**1 job(s) without results.json** (failed or unfinished): 4." in markdown
+    assert markdown.count("| job 4") == 1  # a row of the latency table, none in the breakdown table
+
+
+def test_only_failed_jobs_still_report(tmp_path):
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("[]\n")
+    rows = load_rows(tmp_path, with_missing=True)
+    assert rows == [{"run": "0", "label": "job 0", "status": "no results.json", "request_rate": None}]
+    with pytest.raises(ValueError, match="no results.json under"):
+        load_rows(tmp_path)
+
+
+def test_latency_plot_reads_from_zero_with_the_baseline_first():
+    """Values spread 500x (once drawn log-scale): the axis is linear from 0; colocated is the first
+    line, black and dashed; the legend lies outside the axes."""
+    rows = [
+        {"label": label, "request_rate": rate, "ttft_mean_ms": ttft}
+        for label, scale in (("2e1p", 1.0), ("colocated", 50.0), ("1e1p", 2.0))
+        for rate, ttft in ((0.5, 10.0 * scale), (1.0, 100.0 * scale))
+    ]
+    fig = latency_figure(rows, "ttft")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 5000
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["colocated", "1e1p", "2e1p"]
+    assert lines[0].get_linestyle() == "--" and lines[0].get_color() == "black"
+    assert all(line.get_linestyle() == "-" and line.get_color() != "black" for line in lines[1:])
+    fig.canvas.draw()
+    legend, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes_box.x1  # right of the axes: never over a line
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -48,8 +48,8 @@ def test_baseline_replay_is_fcfs_one_at_a_time():
     assert records[1].timestamps["tokenized"] == pytest.approx(2.0)  # the wait shows as the queue stage
 
 
-def test_seed_table_markdown(tmp_path):
-    plot = pytest.importorskip("plot")
+def write_seed_table_runs(out) -> None:
+    """What run.py leaves in OUT for three configurations, two rates each (as load phases)."""
     for name, ttft in (("2e1p_2gpu", 1.0), ("1e1p_2gpu", 2.0), ("colocated", 3.0)):
         records = []
         for phase in (0, 1):
@@ -65,13 +65,34 @@ def test_seed_table_markdown(tmp_path):
             ]
         summary = summarize_run(records, 20.0, phase_starts=[0.0, 10.0], phase_rates=[0.1, 0.6])
         config = {"topology": {"name": name, "instances": []}, "workload": {"request_rate": 0.1}}
-        with build_logger(LoggerConfig(), tmp_path / name) as logger:
+        with build_logger(LoggerConfig(), out / name) as logger:
             logger.log_run(config, summary, records)
+
+
+def test_seed_table_markdown(tmp_path):
+    plot = pytest.importorskip("plot")
+    write_seed_table_runs(tmp_path)
     (tmp_path / "plan.json").write_text(json.dumps({"requests": [2, 2], "reduced": True}))
     table = plot.seed_table_markdown(tmp_path, plot.plan_note(tmp_path))
     assert "REDUCED: 2/2 requests per rate" in table
     assert "| rate (req/s) | colocated | 1e1p_2gpu | 2e1p_2gpu |" in table
     assert "| 0.6 | 6000 / 20.0 [2/2] | 4000 / 20.0 [2/2] | 2000 / 20.0 [2/2] |" in table
+
+
+def test_seed_table_figure_reads_from_zero_with_the_baseline_first(tmp_path):
+    plot = pytest.importorskip("plot")
+    write_seed_table_runs(tmp_path)
+    fig = plot.seed_table_figure(tmp_path)
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    for ax in fig.axes:
+        assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["colocated", "1e1p_2gpu", "2e1p_2gpu"]
+        assert lines[0].get_linestyle() == "--" and lines[0].get_color() == "black"
+        assert legend_box.x0 >= ax.get_window_extent().x1  # the legend sits right of both panels
+    path = plot.plot_seed_table(tmp_path, tmp_path / "seed_table.png")
+    assert path.stat().st_size > 10_000
 
 
 def test_seed_table_config_composes_the_published_shape():

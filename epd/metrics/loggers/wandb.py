@@ -6,7 +6,7 @@ run's config (nested, so a W&B sweep parameter is named like the Hydra key, e.g.
 ``breakdown_ms/encode/mean``, ``phases/1/goodput``), and a ``requests`` table with one row per
 request (latencies, token counts, error, per-stage breakdown). The mode is "offline" unless the
 config says otherwise (``logger.options.mode=online``, or ``WANDB_MODE`` in the environment,
-which ``conf/logger/wandb.yaml`` reads); offline runs land in ``<run_dir>/wandb/`` and upload
+which ``epd/conf/logger/wandb.yaml`` reads); offline runs land in ``<run_dir>/wandb/`` and upload
 later with ``wandb sync``. The run is finished when the logger closes, which the frontend does
 in a ``finally`` (``with build_logger(...)``), with a failing exit code if the run raised.
 """
