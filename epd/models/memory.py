@@ -101,6 +101,10 @@ class MemoryEstimate:
             who = ", ".join(str(r.rank) for r in ranks)
             lines.append(f"{place} (ranks {who}): needs {_gib(need)} GiB, {have_text}")
             lines += [f"  {_rank_line(r)}" for r in ranks]
+        if self.cache_bytes:
+            lines.append(
+                f"(+ up to {_gib(self.cache_bytes)} GiB of encoder embedding caches as they fill: encoder.cache_*_bytes)"
+            )
         return "\n".join(lines)
 
 
@@ -119,7 +123,8 @@ def estimate_memory(
     from epd.models.checkpoint import resolve_checkpoint, torch_dtype
     from epd.models.registry import detect_family
 
-    device_type = device_type or _device_type(cfg.device)
+    if device_type is None:  # as epd.launch.device.rank_device: auto is cuda when a GPU is visible
+        device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     dtype = torch_dtype(cfg.model.dtype, torch.device(device_type))
     ckpt = resolve_checkpoint(cfg.model)
     family = detect_family(ckpt)
@@ -128,10 +133,7 @@ def estimate_memory(
     spec = family.decoder_spec(config)
     parts = _Parts(cfg, device_type, dtype, towers, spec)
     ranks = list(range(cfg.topology.world_size)) if ranks_here is None else list(ranks_here)
-    if available is None:
-        num_gpus = torch.cuda.device_count() if device_type == "cuda" else 0
-    else:
-        num_gpus = sum(1 for place in available if place.startswith("cuda:"))
+    num_gpus = torch.cuda.device_count() if available is None else sum(p.startswith("cuda:") for p in available)
     places = {rank: _place(cfg, device_type, rank, local, num_gpus) for local, rank in enumerate(ranks)}
     needs = [parts.rank(rank, cfg.topology.instances[rank].role, places[rank]) for rank in ranks]
     encoders = sum(1 for rank in ranks if rank in cfg.topology.encoder_ranks)
@@ -171,15 +173,9 @@ def check_memory(
 def measure_available(places: set[str]) -> dict[str, int]:
     """Free bytes per place: MemAvailable of /proc/meminfo for ``cpu``; for ``cuda:<i>`` the GPU's free
     memory, from NVML when it is installed (no CUDA context), else ``torch.cuda.mem_get_info``."""
-    out = {}
-    for place in places:
-        if place == "cpu":
-            free = _mem_available()
-            if free is not None:
-                out[place] = free
-        else:
-            out[place] = _gpu_free(int(place.split(":")[1]))
-    return out
+    out = {place: _gpu_free(int(place.split(":")[1])) for place in places if place.startswith("cuda:")}
+    free = _mem_available() if "cpu" in places else None
+    return out if free is None else {**out, "cpu": free}
 
 
 class _Parts:
@@ -191,8 +187,7 @@ class _Parts:
         from epd.language.models import QwenDecoder
         from epd.models.families.towers import module_bytes
 
-        self.cfg, self.device_type, self.spec = cfg, device_type, spec
-        self.itemsize = dtype.itemsize
+        self.device_type, self.itemsize = device_type, dtype.itemsize
         self.tower_bytes = module_bytes(towers)
         with no_init_weights():  # random init of meta tensors is wasted work
             decoder = QwenDecoder(spec, None, device="meta")
@@ -224,9 +219,8 @@ def _kv_tokens(engine: Any, device_type: str) -> int:
     else on CPU its fixed default, else on a GPU one full-budget step (it fills what is left after)."""
     from epd.language.runner import CPU_KV_TOKENS
 
-    if engine.kv_tokens is not None:
-        tokens = engine.kv_tokens
-    else:
+    tokens = engine.kv_tokens
+    if tokens is None:
         tokens = CPU_KV_TOKENS if device_type == "cpu" else engine.max_batch_tokens
     return max(2, tokens // engine.block_size + 1) * engine.block_size
 
@@ -258,13 +252,6 @@ def _tower_activations(towers: Any, max_tokens: int, itemsize: int) -> int:
     return worst
 
 
-def _device_type(device: str) -> str:
-    """As ``epd.launch.device.rank_device``: ``auto`` is cuda when a GPU is visible."""
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return "cpu"
-    return "cuda"
-
-
 def _place(cfg: RunConfig, device_type: str, rank: int, local_rank: int, num_gpus: int) -> str:
     """Where rank ``rank`` draws memory from; GPUs as ``epd.launch.device.gpu_index`` picks them."""
     if device_type == "cpu":
@@ -278,13 +265,10 @@ def _place(cfg: RunConfig, device_type: str, rank: int, local_rank: int, num_gpu
 
 
 def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return None
+    meminfo = Path("/proc/meminfo")
+    lines = meminfo.read_text().splitlines() if meminfo.exists() else []
+    found = [int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")]  # kB
+    return found[0] if found else None
 
 
 def _gpu_free(index: int) -> int:

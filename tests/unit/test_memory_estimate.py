@@ -13,6 +13,7 @@ from epd.config import build_run_config
 from epd.models import detect_family
 from epd.models.memory import GiB, check_memory, estimate_memory, measure_available
 from epd.tiny import cached_shape, cached_tiny
+from tests.kernel_helpers import gpu
 
 CPU = torch.device("cpu")
 TWO_E_ONE_P = {"name": "2e1p", "instances": [{"role": "encoder"}, {"role": "encoder"}, {"role": "language"}]}
@@ -126,3 +127,11 @@ def test_available_memory_is_measured_on_this_host():
     free = measure_available({"cpu"})["cpu"]
     total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024  # MemTotal
     assert 0 < free <= total
+
+
+@gpu
+def test_free_gpu_memory_is_measured():
+    free = measure_available({"cuda:0"})["cuda:0"]
+    assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+    estimate = estimate_memory(build_run_config({"model": {"tiny": "qwen2_5_vl"}, "device": "cuda"}))
+    assert estimate.available.keys() == {"cuda:0"} and not estimate.short()

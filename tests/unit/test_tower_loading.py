@@ -23,6 +23,7 @@ from epd.media import AudioClip, MediaConfig
 from epd.media.video import VideoClip
 from epd.models import MediaInput, detect_family
 from epd.tiny import cached_tiny
+from tests.kernel_helpers import gpu
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -85,7 +86,7 @@ def _inputs(encoder) -> list[MediaInput]:
     return inputs
 
 
-def _reference_encoder(name: str, ckpt: Path):
+def _reference_encoder(name: str, ckpt: Path, device: torch.device = CPU, dtype: torch.dtype = F32):
     """The old loading: transformers' full model, its towers given to the family's encoder class."""
     import transformers
     from transformers import AutoProcessor
@@ -96,17 +97,20 @@ def _reference_encoder(name: str, ckpt: Path):
     from epd.models.families.qwen3_vl import Qwen3VLEncoder
 
     processor = AutoProcessor.from_pretrained(ckpt)
+    cls = {
+        "qwen2_audio": transformers.Qwen2AudioForConditionalGeneration,
+        "qwen3_omni": transformers.Qwen3OmniMoeForConditionalGeneration,
+    }.get(name, transformers.AutoModelForImageTextToText)
+    full = cls.from_pretrained(ckpt, dtype=dtype).to(device).eval()
     if name == "qwen2_audio":
-        full = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(ckpt, dtype=F32).eval()
         inner = full.model
-        return full, Qwen2AudioEncoder(inner.audio_tower, inner.multi_modal_projector, processor, full.config, CPU, F32)
+        towers = (inner.audio_tower, inner.multi_modal_projector)
+        return full, Qwen2AudioEncoder(*towers, processor, full.config, device, dtype)
     if name == "qwen3_omni":
-        full = transformers.Qwen3OmniMoeForConditionalGeneration.from_pretrained(ckpt, dtype=F32).eval()
         inner = full.thinker.model
-        return full, OmniEncoder(inner.visual, inner.audio_tower, processor, full.thinker.config, CPU, F32)
-    full = transformers.AutoModelForImageTextToText.from_pretrained(ckpt, dtype=F32).eval()
-    cls = Qwen25Encoder if name == "qwen2_5_vl" else Qwen3VLEncoder
-    return full, cls(full.model.visual, processor, full.config, CPU, F32)
+        return full, OmniEncoder(inner.visual, inner.audio_tower, processor, full.thinker.config, device, dtype)
+    encoder_cls = Qwen25Encoder if name == "qwen2_5_vl" else Qwen3VLEncoder
+    return full, encoder_cls(full.model.visual, processor, full.config, device, dtype)
 
 
 def _modules(encoder) -> list[torch.nn.Module]:
@@ -233,3 +237,25 @@ def test_bfloat16_towers_match_the_full_model(tmp_path):
         assert got.keys() == want.keys()
         for key, tensor in got.items():
             assert tensor.dtype == want[key].dtype and torch.equal(tensor, want[key]), f"{name}.{key}"
+
+
+@gpu
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_omni"])
+def test_on_gpu_in_bfloat16_the_towers_load_straight_to_the_device(name):
+    """On the GPU (the lead's machine): towers read from the safetensors straight onto the device in
+    bfloat16 give the full model's items through epd's tower path; nothing of the LM reaches the GPU."""
+    ckpt = cached_tiny(name)
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    encoder = detect_family(ckpt).load_encoder(ckpt, False, cuda, torch.bfloat16)
+    tensors = [t for m in _modules(encoder) for t in (*m.parameters(), *m.buffers())]
+    assert all(t.device == cuda for t in tensors)
+    own = sum(t.numel() * t.element_size() for t in tensors)
+    assert torch.cuda.memory_allocated() - before < own + (8 << 20)  # towers (and fused copies) only
+    _, reference = _reference_encoder(name, ckpt, cuda, torch.bfloat16)
+    inputs = _inputs(encoder)
+    for got, want in zip(encoder.encode(inputs), reference.encode(inputs), strict=True):
+        assert got.meta == want.meta and got.tensors.keys() == want.tensors.keys()
+        for key, tensor in got.tensors.items():
+            torch.testing.assert_close(tensor, want.tensors[key], atol=2e-2, rtol=2e-2)
