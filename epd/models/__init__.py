@@ -15,6 +15,7 @@ from epd.models.base import (
 )
 from epd.models.checkpoint import resolve_checkpoint, torch_dtype
 from epd.models.config import ModelConfig
+from epd.models.memory import MemoryEstimate, RankMemory, check_memory, estimate_memory
 from epd.models.registry import FAMILIES, detect_family
 
 __all__ = [
@@ -29,9 +30,13 @@ __all__ = [
     "EncodedItem",
     "ItemMeta",
     "LanguageSide",
+    "MemoryEstimate",
     "ModelConfig",
     "ModelFamily",
+    "RankMemory",
+    "check_memory",
     "detect_family",
+    "estimate_memory",
     "resolve_checkpoint",
     "torch_dtype",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,39 @@ class ModelFamily(ABC):
     name: str
     architectures: tuple[str, ...]
     modalities: tuple[str, ...]
+
+    @abstractmethod
+    def tower_builders(self, config: Any) -> dict[str, Callable[[torch.dtype], torch.nn.Module]]:
+        """The encoder's modules by checkpoint root (``visual``, ``audio_tower``, ...): the towers and
+        whatever ``encode`` uses beside them, each built from the checkpoint's ``config`` in a dtype."""
+
+    @abstractmethod
+    def decoder_spec(self, config: Any) -> Any:
+        """The language model's shape (``epd.language.models.DecoderSpec``) from the checkpoint's config."""
+
+    def build_towers(
+        self, config: Any, device: torch.device | str, dtype: torch.dtype, random_init: bool = False
+    ) -> torch.nn.ModuleDict:
+        """The encoder's modules alone on ``device`` (``meta``: nothing allocated); random weights when
+        ``random_init``, else uninitialised until ``load_tower_weights`` fills them."""
+        from epd.models.families.towers import build_towers
+
+        return build_towers(self.tower_builders(config), device, dtype, random_init)
+
+    def load_towers(
+        self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype
+    ) -> tuple[Any, torch.nn.ModuleDict]:
+        """The checkpoint's config and the encoder's modules on ``device``: weights read from ``ckpt``'s
+        safetensors (the towers' tensors only; the language model is neither built nor read), or random."""
+        from transformers import AutoConfig
+
+        from epd.models.families.towers import load_tower_weights
+
+        config = AutoConfig.from_pretrained(ckpt)
+        towers = self.build_towers(config, device, dtype, random_init)
+        if not random_init:
+            load_tower_weights(towers, ckpt)
+        return config, towers
 
     @abstractmethod
     def load_encoder(

@@ -213,7 +213,10 @@ def test_encoder_packs_items_into_one_call(models, family):
     processor = AutoProcessor.from_pretrained(cached_tiny(family))
     model = models(family)
     if family == "qwen3_omni":
-        encoder = OmniEncoder(copy.deepcopy(model.thinker), processor, CPU, torch.float32, "varlen")
+        inner = copy.deepcopy(model.thinker.model)
+        encoder = OmniEncoder(
+            inner.visual, inner.audio_tower, processor, model.thinker.config, CPU, torch.float32, "varlen"
+        )
     else:
         cls = Qwen3VLEncoder if family == "qwen3_vl" else Qwen25Encoder
         encoder = cls(copy.deepcopy(model.model.visual), processor, model.config, CPU, torch.float32, "varlen")

@@ -9,7 +9,6 @@ the hub, ``model.language_model.*`` for Qwen3-VL, ``language_model.model.*`` for
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from epd.language.models.qwen import QwenDecoder
+from epd.models.checkpoint import module_name, read_tensors
 
 PREFIXES = ("thinker.model.", "thinker.", "model.language_model.", "language_model.model.", "language_model.", "model.")
 ROOTS = ("layers", "embed_tokens", "norm", "lm_head")
@@ -24,30 +24,13 @@ ROOTS = ("layers", "embed_tokens", "norm", "lm_head")
 
 def lm_name(name: str) -> str | None:
     """The language-model name of a checkpoint tensor (``layers.0.self_attn.q_proj.weight``), or None."""
-    for prefix in (*PREFIXES, ""):
-        if name.startswith(prefix):
-            rest = name[len(prefix) :]
-            return rest if rest.split(".", 1)[0] in ROOTS else None
-    return None
+    return module_name(name, (*PREFIXES, ""), ROOTS)
 
 
 def checkpoint_tensors(ckpt: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     """The language-model tensors of a safetensors checkpoint, read one at a time onto ``device``."""
-    from safetensors import safe_open
-
-    index = ckpt / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in ckpt.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{ckpt} has no *.safetensors weights (model.random_init=true runs without weights)")
-    for file in files:
-        with safe_open(str(ckpt / file), framework="pt", device=str(device)) as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                name = lm_name(key)
-                if name is not None:
-                    yield key, f.get_tensor(key)
+    for _, key, _, tensor in read_tensors(ckpt, lm_name, device):
+        yield key, tensor
 
 
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)")

@@ -15,12 +15,12 @@ from epd.models.base import IMAGE, VIDEO, EncodedItem, ItemMeta, LanguageSide, M
 from epd.models.families.qwen_common import (
     frame_sampling,
     generation_eos,
-    load_hf_model,
     processor_kwargs,
     run_vision_tower,
     span_types,
     tied_embeddings,
 )
+from epd.models.families.towers import TowerBuilders, hf_tower
 from epd.models.registry import FAMILIES
 
 PLACEHOLDER_TEXT = {
@@ -86,17 +86,7 @@ class Qwen25Language(LanguageSide):
     """Qwen2.5-VL and Qwen3-VL (dense, MoE): spans from the config's token ids, positions from the grids."""
 
     def __init__(self, ckpt: Path, random_init: bool, config: Any) -> None:
-        from epd.language.models import DecoderSpec
-
-        text = config.text_config
-        qwen3 = config.model_type.startswith("qwen3")
-        self.spec = DecoderSpec.from_hf_config(
-            text,
-            rope_style="interleaved" if qwen3 else "sectioned",
-            qk_norm=qwen3,
-            qkv_bias=bool(getattr(text, "attention_bias", False)) if qwen3 else True,
-            tie=tied_embeddings(config, text),
-        )
+        self.spec = vl_decoder_spec(config)
         self.weights = None if random_init else ckpt
         self.hf_config = config  # what the rope positions read (grids, merge size, token ids)
         self._spans = {
@@ -131,6 +121,21 @@ class Qwen25Language(LanguageSide):
         )
 
 
+def vl_decoder_spec(config: Any) -> Any:
+    """``DecoderSpec`` of Qwen2.5-VL (Qwen2: qkv bias, sectioned M-RoPE) and Qwen3-VL (qk-norm, interleaved)."""
+    from epd.language.models import DecoderSpec
+
+    text = config.text_config
+    qwen3 = config.model_type.startswith("qwen3")
+    return DecoderSpec.from_hf_config(
+        text,
+        rope_style="interleaved" if qwen3 else "sectioned",
+        qk_norm=qwen3,
+        qkv_bias=bool(getattr(text, "attention_bias", False)) if qwen3 else True,
+        tie=tied_embeddings(config, text),
+    )
+
+
 @FAMILIES.register("qwen2_5_vl")
 class Qwen25VL(ModelFamily):
     name = "qwen2_5_vl"
@@ -142,9 +147,17 @@ class Qwen25VL(ModelFamily):
     ) -> TowerEncoder:
         from transformers import AutoProcessor
 
-        model = load_hf_model(ckpt, random_init, device, dtype)
+        config, towers = self.load_towers(ckpt, random_init, device, dtype)
         processor = AutoProcessor.from_pretrained(ckpt)
-        return Qwen25Encoder(model.model.visual, processor, model.config, device, dtype, tower_attention)
+        return Qwen25Encoder(towers["visual"], processor, config, device, dtype, tower_attention)
+
+    def tower_builders(self, config: Any) -> TowerBuilders:
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+        return {"visual": hf_tower(Qwen2_5_VisionTransformerPretrainedModel, config.vision_config)}
+
+    def decoder_spec(self, config: Any) -> Any:
+        return vl_decoder_spec(config)
 
     def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
         from transformers import AutoConfig

@@ -15,11 +15,11 @@ import torch
 from epd.models.base import AUDIO, EncodedItem, ItemMeta, LanguageSide, MediaInput, ModelFamily, TowerEncoder
 from epd.models.families.qwen_common import (
     generation_eos,
-    load_hf_model,
     processor_kwargs,
     span_types,
     tied_embeddings,
 )
+from epd.models.families.towers import TowerBuilders
 from epd.models.registry import FAMILIES
 
 PLACEHOLDER_TEXT = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -29,19 +29,26 @@ class Qwen2AudioEncoder(TowerEncoder):
     modalities = ("audio",)
 
     def __init__(
-        self, model: Any, processor: Any, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+        self,
+        tower: torch.nn.Module,
+        projector: torch.nn.Module,
+        processor: Any,
+        config: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        tower_attention: str = "auto",
     ) -> None:
         from epd_kernels.tower import prepare_tower
 
-        self.tower = model.model.audio_tower
+        self.tower = tower
         # padded 30 s windows with a mask: epd's attention falls back to SDPA for them (no cu_seqlens)
         self.tower_attention = prepare_tower(self.tower, tower_attention, device, dtype)
-        self.projector = model.model.multi_modal_projector
+        self.projector = projector  # audio d_model → the LM's hidden size
         self.processor = processor
         self.device = device
         self.dtype = dtype
         self.audio_sampling_rate = processor.feature_extractor.sampling_rate
-        self.type_of = {model.config.audio_token_id: AUDIO}
+        self.type_of = {config.audio_token_id: AUDIO}
 
     def _process(self, inp: MediaInput) -> Any:
         return self.processor(text=[PLACEHOLDER_TEXT], return_tensors="pt", **processor_kwargs(inp))
@@ -69,12 +76,7 @@ class Qwen2AudioEncoder(TowerEncoder):
 
 class Qwen2AudioLanguage(LanguageSide):
     def __init__(self, ckpt: Path, random_init: bool, config: Any, tokenizer: Any) -> None:
-        from epd.language.models import DecoderSpec
-
-        text = config.text_config  # Qwen2
-        self.spec = DecoderSpec.from_hf_config(
-            text, rope_style="1d", qk_norm=False, qkv_bias=True, tie=tied_embeddings(config, text)
-        )
+        self.spec = audio_decoder_spec(config)
         self.weights = None if random_init else ckpt
         self.hf_config = config
         # config.json names only the pad token; the span's bos/eos ids come from the tokenizer (start-up only)
@@ -88,25 +90,46 @@ class Qwen2AudioLanguage(LanguageSide):
         return torch.arange(ids.numel()).expand(3, -1), 0
 
 
+def audio_decoder_spec(config: Any) -> Any:
+    """``DecoderSpec`` of Qwen2-Audio's language model (Qwen2: qkv bias, 1-D RoPE)."""
+    from epd.language.models import DecoderSpec
+
+    text = config.text_config  # Qwen2
+    return DecoderSpec.from_hf_config(
+        text, rope_style="1d", qk_norm=False, qkv_bias=True, tie=tied_embeddings(config, text)
+    )
+
+
 @FAMILIES.register("qwen2_audio")
 class Qwen2Audio(ModelFamily):
     name = "qwen2_audio"
     architectures = ("Qwen2AudioForConditionalGeneration",)
     modalities = ("audio",)
 
-    @staticmethod
-    def _load(ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype) -> Any:
-        from transformers import Qwen2AudioForConditionalGeneration
-
-        return load_hf_model(ckpt, random_init, device, dtype, Qwen2AudioForConditionalGeneration)
-
     def load_encoder(
         self, ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
     ) -> TowerEncoder:
         from transformers import AutoProcessor
 
-        model = self._load(ckpt, random_init, device, dtype)
-        return Qwen2AudioEncoder(model, AutoProcessor.from_pretrained(ckpt), device, dtype, tower_attention)
+        config, towers = self.load_towers(ckpt, random_init, device, dtype)
+        processor = AutoProcessor.from_pretrained(ckpt)
+        return Qwen2AudioEncoder(
+            towers["audio_tower"], towers["multi_modal_projector"], processor, config, device, dtype, tower_attention
+        )
+
+    def tower_builders(self, config: Any) -> TowerBuilders:
+        """The Whisper-style encoder and the projector that ``encode`` applies after it, built as the
+        full model builds them."""
+        from transformers import AutoModel
+        from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioMultiModalProjector
+
+        return {
+            "audio_tower": lambda dtype: AutoModel.from_config(config.audio_config, dtype=dtype),
+            "multi_modal_projector": lambda dtype: Qwen2AudioMultiModalProjector(config),
+        }
+
+    def decoder_spec(self, config: Any) -> Any:
+        return audio_decoder_spec(config)
 
     def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
         from transformers import AutoConfig, AutoTokenizer

@@ -30,12 +30,12 @@ from epd.models.families.qwen_common import (
     cat_to_device,
     frame_sampling,
     generation_eos,
-    load_hf_model,
     processor_kwargs,
     run_vision_tower,
     span_types,
     tied_embeddings,
 )
+from epd.models.families.towers import TowerBuilders, hf_tower
 from epd.models.registry import FAMILIES
 
 PLACEHOLDER_TEXT = {
@@ -46,31 +46,33 @@ PLACEHOLDER_TEXT = {
 VISION_KEYS = {"image": ("pixel_values", "image_grid_thw"), "video": ("pixel_values_videos", "video_grid_thw")}
 
 
-def _model_class() -> Any:
-    from transformers import Qwen3OmniMoeForConditionalGeneration
-
-    return Qwen3OmniMoeForConditionalGeneration
-
-
 class OmniEncoder(TowerEncoder):
     modalities = ("image", "video", "audio")
     audio_in_video = True
 
     def __init__(
-        self, thinker: Any, processor: Any, device: torch.device, dtype: torch.dtype, tower_attention: str = "auto"
+        self,
+        visual: torch.nn.Module,
+        audio_tower: torch.nn.Module,
+        processor: Any,
+        thinker_config: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        tower_attention: str = "auto",
     ) -> None:
         from epd_kernels.tower import prepare_tower
 
-        self.inner = thinker.model
+        self.visual = visual
+        self.audio_tower = audio_tower
         self.processor = processor
         self.device = device
         self.dtype = dtype
         self.audio_sampling_rate = processor.feature_extractor.sampling_rate
-        cfg = thinker.config
+        cfg = thinker_config
         self.type_of = {cfg.image_token_id: IMAGE, cfg.video_token_id: VIDEO, cfg.audio_token_id: AUDIO}
         self.n_window = cfg.audio_config.n_window
-        self.tower_attention = prepare_tower(self.inner.visual, tower_attention, device, dtype)
-        prepare_tower(self.inner.audio_tower, tower_attention, device, dtype)
+        self.tower_attention = prepare_tower(self.visual, tower_attention, device, dtype)
+        prepare_tower(self.audio_tower, tower_attention, device, dtype)
 
     def frame_sampling(self, media: Any) -> Any:
         return frame_sampling(self.processor.video_processor, media)
@@ -87,7 +89,7 @@ class OmniEncoder(TowerEncoder):
             keys = [VISION_KEYS[inputs[k].modality] for k in seen]
             grids = [feats[k][grid_key] for k, (_, grid_key) in zip(seen, keys, strict=True)]
             pixels = [feats[k][pix_key] for k, (pix_key, _) in zip(seen, keys, strict=True)]
-            vis, counts = run_vision_tower(self.inner.visual, pixels, grids, self.device, self.dtype)
+            vis, counts = run_vision_tower(self.visual, pixels, grids, self.device, self.dtype)
             deep = torch.stack(list(vis.deepstack_features))  # [k, sum tokens, H]
             for k, grid, embeds, layers in zip(
                 seen, grids, vis.pooler_output.split(counts), deep.split(counts, dim=1), strict=True
@@ -128,7 +130,7 @@ class OmniEncoder(TowerEncoder):
             lens = [mels[k].shape[1] for k in members]
             features = cat_to_device([mels[k].T for k in members], self.device).T.to(self.dtype)  # [mel, sum frames]
             lengths = torch.tensor(lens, device=self.device)
-            hidden = self.inner.audio_tower(features, feature_lens=lengths).last_hidden_state  # [sum tokens, H]
+            hidden = self.audio_tower(features, feature_lens=lengths).last_hidden_state  # [sum tokens, H]
             for k, h in zip(members, hidden.split([omni_audio_tokens(n, self.n_window) for n in lens]), strict=True):
                 out[k] = h
         return out
@@ -152,19 +154,9 @@ class OmniEncoder(TowerEncoder):
 
 class OmniLanguage(LanguageSide):
     def __init__(self, ckpt: Path, random_init: bool, config: Any, tokenizer: Any) -> None:
-        from epd.language.models import DecoderSpec
-
-        thinker = config.thinker_config
-        text = thinker.text_config  # Qwen3-MoE
-        self.spec = DecoderSpec.from_hf_config(
-            text,
-            rope_style="interleaved",
-            qk_norm=True,
-            qkv_bias=bool(getattr(text, "attention_bias", False)),
-            tie=tied_embeddings(thinker, text),
-        )
+        self.spec = omni_decoder_spec(config)
         self.weights = None if random_init else ckpt
-        self.hf_config = thinker  # what the rope positions read (grids, merge size, token ids)
+        self.hf_config = config.thinker_config  # what the rope positions read (grids, merge size, token ids)
         # not every span token is named in the thinker config: read them off the tokenizer (start-up only)
         self._spans = {m: tokenizer(t, add_special_tokens=False)["input_ids"] for m, t in PLACEHOLDER_TEXT.items()}
         self.eos_token_ids = generation_eos(ckpt)
@@ -197,6 +189,21 @@ class OmniLanguage(LanguageSide):
         )
 
 
+def omni_decoder_spec(config: Any) -> Any:
+    """``DecoderSpec`` of the thinker's language model (Qwen3-MoE: qk-norm, interleaved M-RoPE)."""
+    from epd.language.models import DecoderSpec
+
+    thinker = config.thinker_config
+    text = thinker.text_config  # Qwen3-MoE
+    return DecoderSpec.from_hf_config(
+        text,
+        rope_style="interleaved",
+        qk_norm=True,
+        qkv_bias=bool(getattr(text, "attention_bias", False)),
+        tie=tied_embeddings(thinker, text),
+    )
+
+
 @FAMILIES.register("qwen3_omni")
 class Qwen3Omni(ModelFamily):
     name = "qwen3_omni"
@@ -208,8 +215,26 @@ class Qwen3Omni(ModelFamily):
     ) -> TowerEncoder:
         from transformers import AutoProcessor
 
-        model = load_hf_model(ckpt, random_init, device, dtype, _model_class())
-        return OmniEncoder(model.thinker, AutoProcessor.from_pretrained(ckpt), device, dtype, tower_attention)
+        config, towers = self.load_towers(ckpt, random_init, device, dtype)
+        processor = AutoProcessor.from_pretrained(ckpt)
+        thinker = config.thinker_config
+        return OmniEncoder(towers["visual"], towers["audio_tower"], processor, thinker, device, dtype, tower_attention)
+
+    def tower_builders(self, config: Any) -> TowerBuilders:
+        """The thinker's vision tower (with DeepStack mergers) and audio tower; no talker, no code2wav."""
+        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+            Qwen3OmniMoeAudioEncoder,
+            Qwen3OmniMoeVisionEncoder,
+        )
+
+        thinker = config.thinker_config
+        return {
+            "visual": hf_tower(Qwen3OmniMoeVisionEncoder, thinker.vision_config),
+            "audio_tower": hf_tower(Qwen3OmniMoeAudioEncoder, thinker.audio_config),
+        }
+
+    def decoder_spec(self, config: Any) -> Any:
+        return omni_decoder_spec(config)
 
     def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
         from transformers import AutoConfig, AutoTokenizer

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from epd.models.base import LanguageSide, ModelFamily, TowerEncoder
-from epd.models.families.qwen2_5_vl import Qwen25Encoder, Qwen25Language
-from epd.models.families.qwen_common import load_hf_model
+from epd.models.families.qwen2_5_vl import Qwen25Encoder, Qwen25Language, vl_decoder_spec
+from epd.models.families.towers import TowerBuilders
 from epd.models.registry import FAMILIES
 
 
@@ -39,9 +39,19 @@ class Qwen3VL(ModelFamily):
     ) -> TowerEncoder:
         from transformers import AutoProcessor
 
-        model = load_hf_model(ckpt, random_init, device, dtype)
+        config, towers = self.load_towers(ckpt, random_init, device, dtype)
         processor = AutoProcessor.from_pretrained(ckpt)
-        return Qwen3VLEncoder(model.model.visual, processor, model.config, device, dtype, tower_attention)
+        return Qwen3VLEncoder(towers["visual"], processor, config, device, dtype, tower_attention)
+
+    def tower_builders(self, config: Any) -> TowerBuilders:
+        """The vision tower with its DeepStack mergers (``visual.deepstack_merger_list``), dense or MoE
+        alike, built as the full model builds it."""
+        from transformers import AutoModel
+
+        return {"visual": lambda dtype: AutoModel.from_config(config.vision_config, dtype=dtype)}
+
+    def decoder_spec(self, config: Any) -> Any:
+        return vl_decoder_spec(config)
 
     def load_language(self, ckpt: Path, random_init: bool) -> LanguageSide:
         from transformers import AutoConfig

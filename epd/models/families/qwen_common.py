@@ -1,4 +1,4 @@
-"""Pieces shared by the Qwen families: loading, per-item processor runs, packed vision tower calls."""
+"""Pieces shared by the Qwen families: per-item processor runs, packed vision tower calls, the HF reference model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from epd.models.base import TEXT, MediaInput
 
 
 def load_hf_model(ckpt: Path, random_init: bool, device: torch.device, dtype: torch.dtype, auto_cls: Any = None) -> Any:
-    """The monolithic HF model: weights from ``ckpt``, or random weights built directly on ``device``."""
+    """The monolithic HF model: weights from ``ckpt``, or random weights built directly on ``device``.
+    epd's roles never build it (encoders build their towers alone, ``ModelFamily.load_towers``); it is
+    transformers' reference in the oracle tests."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     auto_cls = auto_cls or AutoModelForImageTextToText
