@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from epd.launch import exit_codes
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # package data: found from any working directory
 _FAILED_JOBS: list[str] = []
+log = logging.getLogger("epd")
 
 
 def _run_stamp() -> str:
@@ -84,7 +86,9 @@ def launch(dcfg: DictConfig) -> int:
     raw = OmegaConf.to_container(dcfg, resolve=True)
     raw["run_dir"] = HydraConfig.get().runtime.output_dir
     cfg = with_defaults(build_run_config(raw))
-    check_model(cfg)
+    from epd.models import detect_family, resolve_checkpoint
+
+    detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
     config_file = Path(cfg.run_dir) / "epd_config.json"
     world = cfg.topology.world_size
 
@@ -96,11 +100,15 @@ def launch(dcfg: DictConfig) -> int:
                 f"use torchrun --nproc-per-node {world} (or plain python -m epd.run, which starts them)"
             )
         setup_logging(f"rank{ctx.rank}", cfg.run_dir, cfg.logger.quiet)
+        if ctx.local_rank == 0:  # one check per host, before any rank of it loads a model
+            first = ctx.rank - ctx.local_rank
+            check_memory(cfg, ranks_here=range(first, first + (ctx.local_world_size or world)))
         if ctx.rank == 0:
             prepare_run(cfg, config_file)
         return run_rank(cfg, ctx)
 
     setup_logging("launcher", cfg.run_dir, cfg.logger.quiet)
+    check_memory(cfg)
     prepare_run(cfg, config_file)
     if world > 1:
         from epd.launch.spawn import spawn_job
@@ -126,16 +134,13 @@ def with_defaults(cfg):
     return cfg
 
 
-def check_model(cfg) -> None:
-    """Everything about the model that can be checked without loading it (``ValueError`` otherwise)."""
-    from epd.models import detect_family, resolve_checkpoint
+def check_memory(cfg, ranks_here=None) -> None:
+    """Refuse a run whose ranks cannot fit this host's memory (``ValueError`` with the numbers)."""
+    from epd.models import check_memory as check
+    from epd.models import estimate_memory
 
-    detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
-    try:
-        from epd.models.memory import check_memory
-    except ImportError:
-        return
-    check_memory(cfg)
+    check(cfg, ranks_here=ranks_here)
+    log.info("memory: %s", estimate_memory(cfg, ranks_here=ranks_here).summary())
 
 
 def prepare_run(cfg, config_file: Path) -> None:
