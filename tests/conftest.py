@@ -20,13 +20,18 @@ def tiny_qwen25vl(tmp_path_factory) -> Path:
     return write_tiny("qwen2_5_vl", tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", seed=0)
 
 
-def run_epd(run_dir: Path, *overrides: str, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m epd.run <overrides> hydra.run.dir=<run_dir>`` in a fresh process, as a user runs it."""
+def run_epd(
+    run_dir: Path, *overrides: str, timeout: int = 240, check: bool = True, code: int = 0
+) -> subprocess.CompletedProcess:
+    """``python -m epd.run <overrides> hydra.run.dir=<run_dir>`` in a fresh process, as a user runs it;
+    with ``check``, its exit code must be ``code`` (0: every request succeeded, 3: some failed)."""
     cmd = [sys.executable, "-m", "epd.run", *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"epd.run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    if check and proc.returncode != code:
+        raise AssertionError(
+            f"epd.run exited with {proc.returncode}, expected {code}:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 

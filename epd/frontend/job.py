@@ -48,6 +48,10 @@ def run_job(fe: Frontend, launcher_pid: int | None = None) -> int:
     reason, code, start, phase_starts = None, exit_codes.OK, time.time(), []
     try:
         _await_ranks(fe)
+        try:
+            fe.channel.resolve([rank_name(r) for r in range(cfg.topology.world_size)])  # once, at start-up
+        except Rejected as exc:
+            raise JobStopped(f"the job's store holds an address that is not this job's: {exc.detail}", 1) from None
         addresses = [fe.channel.peer_address(rank_name(r)) for r in range(cfg.topology.world_size)]
         beat = HeartbeatThread(fe.channel, addresses, cfg.launch.heartbeat_interval_s, launcher_pid)
         beat.start()

@@ -30,8 +30,9 @@ def setup_logging(name: str, run_dir: str | Path | None = None, quiet: bool = Fa
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for handler in list(root.handlers):  # Hydra's, or an earlier call's
         root.removeHandler(handler)
+        handler.close()
     root.setLevel(logging.INFO)
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -109,7 +109,9 @@ class RankServer:
 
     def serve(self) -> None:
         launch = self.cfg.launch
-        frontend_address = self.channel.peer_address(FRONTEND)  # waits until the frontend is up
+        peers = [FRONTEND] + ([rank_name(r) for r in self.cfg.topology.language_ranks] if self.encoder else [])
+        self.channel.resolve(peers)  # once, at start-up (waits until the frontend is up)
+        frontend_address = self.channel.peer_address(FRONTEND)
         beat = HeartbeatThread(self.channel, [frontend_address], launch.heartbeat_interval_s, self.ctx.launcher_pid)
         beat.start()
         heard = time.monotonic()
@@ -227,7 +229,12 @@ class RankServer:
             self.language.add_item(res.msg.request_id, res.msg.index, meta, tensors, res.error, res.timestamps)
             return
         res.timestamps["transfer_start"] = time.time()
-        handle = self.transfer.send(dst, list(item.tensors.values())) if item is not None else None
+        handle = None
+        if item is not None:
+            try:
+                handle = self.transfer.send(dst, list(item.tensors.values()))
+            except (ValueError, RuntimeError, OSError) as exc:  # the data plane refused: this item fails alone
+                res.error, item = f"its embeddings could not be sent: {type(exc).__name__}: {exc}", None
         self.channel.send(
             rank_name(dst),
             ItemReady(

@@ -30,7 +30,7 @@ from epd.launch.exit_codes import describe_exit
 from epd.launch.secret import SECRET_ENV, job_id, new_secret, parse_secret
 from epd.launch.store import serve_store
 from epd.protocol import FRONTEND, LAUNCHER, Channel, PeerLost, job_roles
-from epd.protocol.auth import seal_value
+from epd.protocol.auth import Rejected, seal_value
 from epd.transfer.cleanup import remove_job_segments
 
 log = logging.getLogger("epd")
@@ -57,6 +57,7 @@ class Supervisor:
         self.frontend: subprocess.Popen | None = None
         self.signals: list[int] = []
         self.reported: set[int] = set()
+        self.frontend_known: bool | None = False  # its address read and checked (None: it was forged)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -106,7 +107,7 @@ class Supervisor:
 
     def _watch(self, channel: Channel) -> int:
         forwarded = 0
-        deadline = None
+        deadline = orphaned = None
         while True:
             if len(self.signals) > forwarded:
                 forwarded = len(self.signals)
@@ -118,6 +119,19 @@ class Supervisor:
             code = self.frontend.poll()
             if code is not None:
                 return self._frontend_ended(code)
+            if self.frontend_known is False and self.store.check([f"epd/addr/{FRONTEND}"]):
+                try:  # read once, as soon as the frontend published it
+                    channel.resolve([FRONTEND])
+                    self.frontend_known = True
+                except Rejected as exc:
+                    log.error("epd: the frontend's address in the store is not this job's (%s)", exc.detail)
+                    self.frontend_known = None
+            if all(p.poll() is not None for p in self.ranks.values()):
+                orphaned = orphaned or time.monotonic()
+                if time.monotonic() - orphaned > self.cfg.launch.shutdown_grace_s:
+                    log.error("epd: every rank has ended and the frontend is not finishing: stopping it")
+                    _signal(self.frontend, signal.SIGTERM)
+                    return self._wait_frontend_or_kill()
             for rank, proc in self.ranks.items():
                 if rank not in self.reported and proc.poll() is not None:
                     self.reported.add(rank)
@@ -134,14 +148,23 @@ class Supervisor:
         log.error("epd: %s before the job told it to stop", reason)
         key = EXITED_KEY.format(rank=rank)
         self.store.set(key, seal_value(self.secret, key, reason))
-        if self.store.check([f"epd/addr/{FRONTEND}"]):
+        if self.frontend_known:
             channel.send(FRONTEND, PeerLost(rank=rank, reason=reason))
+
+    def _wait_frontend_or_kill(self) -> int:
+        try:
+            return self._frontend_ended(self.frontend.wait(timeout=self.cfg.launch.shutdown_grace_s))
+        except subprocess.TimeoutExpired:
+            _signal(self.frontend, signal.SIGKILL)
+            return self._frontend_ended(self.frontend.wait())
 
     def _frontend_ended(self, code: int) -> int:
         if code < 0 or code not in (0, 1, 3, 130, 143):
+            for proc in self.ranks.values():  # nobody told them to stop: now, each cleans up on SIGTERM
+                _signal(proc, signal.SIGTERM)
             log.error(
                 "epd: the frontend %s; the requests that finished are in %s/records.jsonl "
-                "(python -m epd.report %s rebuilds results.json from them)",
+                "(python -m epd.results %s rebuilds results.json from them)",
                 describe_exit(code),
                 self.cfg.run_dir,
                 self.cfg.run_dir,

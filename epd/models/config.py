@@ -42,3 +42,8 @@ class ModelConfig:
             )
         if not (self.path or self.tiny or self.name):
             raise ValueError("no model given: set model.path=<dir>, or pick model=<preset>")
+        if self.tiny and self.name and not self.path:
+            raise ValueError(
+                f"model.name={self.name!r} with the tiny preset (model.tiny={self.tiny!r}) would be ignored: pick the "
+                "real model's preset (e.g. model=qwen2_5_vl model.name=...) or model.path=<checkpoint dir>"
+            )

@@ -56,6 +56,7 @@ class Channel:
         self.address = f"tcp://{bind_host}:{port}"
         store.set(address_key(name), seal_value(secret, address_key(name), self.address))
         self._out: dict[str, zmq.Socket] = {}
+        self._addresses: dict[str, str] = {}  # peers' inbox addresses, each read (and checked) once
         self._poller = zmq.Poller()
         self._poller.register(self.inbox, zmq.POLLIN)
 
@@ -63,17 +64,32 @@ class Channel:
 
     def peer_address(self, peer: str) -> str:
         """The inbox address ``peer`` published (waits until it has); ``Rejected`` if the seal is wrong."""
-        sealed = self.store.get(address_key(peer)).decode()
-        return unseal_value(self.secret, address_key(peer), sealed)
+        address = self._addresses.get(peer)
+        if address is None:
+            sealed = self.store.get(address_key(peer)).decode()
+            address = self._addresses[peer] = unseal_value(self.secret, address_key(peer), sealed)
+        return address
+
+    def resolve(self, peers: list[str]) -> None:
+        """Read and check the addresses of ``peers`` now (start-up), once: later rewrites of the store do
+        not reach this process. ``Rejected`` when an address is not this job's."""
+        for peer in peers:
+            self.peer_address(peer)
 
     def send(self, peer: str, msg: Message) -> bool:
-        """Queue ``msg`` for ``peer``; False (and counted) when the peer's queue is full: it is not reading."""
+        """Queue ``msg`` for ``peer``; False (and counted) when the peer's queue is full (it is not reading)
+        or its published address is not authentic."""
         sock = self._out.get(peer)
         if sock is None:
+            try:
+                address = self.peer_address(peer)
+            except Rejected as exc:
+                self._drop("bad-address", f"to {peer}: {exc.detail}")
+                return False
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 2000)  # let a final Shutdown leave before close
             sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-            sock.connect(self.peer_address(peer))
+            sock.connect(address)
             self._out[peer] = sock
         try:
             sock.send_multipart(self.frames(msg), zmq.NOBLOCK)

@@ -115,7 +115,7 @@ def run_rows(results: dict, *, run: str, label: str) -> list[dict[str, Any]]:
 def metric_columns(summary: dict) -> dict[str, Any]:
     """A summary (or one phase of it) as flat report columns."""
     row: dict[str, Any] = {
-        "request_rate": _number(summary.get("request_rate")),
+        "request_rate": _rate(summary),
         "phase": summary.get("phase", ""),
         "num_requests": summary.get("num_requests"),
         "num_completed": summary.get("num_completed"),
@@ -170,6 +170,13 @@ def _short(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _rate(summary: dict) -> float | None:
+    """A summary's request rate; results.json writes an infinite rate (every request at t=0) as null."""
+    if "request_rate" in summary and summary["request_rate"] is None:
+        return float("inf")
+    return _number(summary.get("request_rate"))
 
 
 def _number(value: Any) -> float | None:

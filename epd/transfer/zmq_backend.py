@@ -12,7 +12,7 @@ import torch.distributed as dist
 import zmq
 
 from epd.net import reachable_address
-from epd.protocol.auth import mac
+from epd.protocol.auth import Rejected, mac, seal_value, unseal_value
 from epd.transfer.base import (
     TensorSpec,
     TransferBackend,
@@ -72,7 +72,8 @@ class ZmqBackend(TransferBackend):
         host = bind_host if cfg.zmq_host == "auto" and bind_host else resolve_host(cfg.zmq_host, store)
         port = self._pull.bind_to_random_port(f"tcp://{host}", cfg.zmq_port_min, cfg.zmq_port_max + 1)
         self.address = f"tcp://{host}:{port}"
-        store.set(STORE_KEY.format(rank=rank), self.address)
+        key = STORE_KEY.format(rank=rank)
+        store.set(key, seal_value(secret, key, self.address) if secret is not None else self.address)
         self._push: dict[int, zmq.Socket] = {}
         self._arrived: dict[tuple[int, int], list[zmq.Frame]] = {}
         self._discarded: set[tuple[int, int]] = set()
@@ -145,7 +146,13 @@ class ZmqBackend(TransferBackend):
     def _ship(self, dst: int, header: bytes, data: list[torch.Tensor]) -> None:
         sock = self._push.get(dst)
         if sock is None:
-            address = self.store.get(STORE_KEY.format(rank=dst)).decode()
+            key = STORE_KEY.format(rank=dst)
+            address = self.store.get(key).decode()
+            if self.secret is not None:
+                try:
+                    address = unseal_value(self.secret, key, address)
+                except Rejected as exc:
+                    raise ValueError(f"zmq: rank {dst}'s data address in the store is not this job's") from exc
             sock = self._push[dst] = self._context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)  # send() never blocks on a slow receiver
             sock.connect(address)

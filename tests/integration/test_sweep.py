@@ -57,7 +57,7 @@ def test_sweep_runs_every_job_then_report(tmp_path):
         logged = read_offline_run(sweep / job)
         assert logged["summary"]["ttft_ms/mean"] == pytest.approx(summary["ttft_ms"]["mean"])
         assert logged["summary"]["phases/1/num_completed"] == 2
-        assert logged["config"]["workload"]["phase_rates"] == [40.0, "inf"]
+        assert logged["config"]["workload"]["phase_rates"] == [40.0, None]  # strict JSON: inf is null
         assert len(logged["tables"]["requests"]) == 4
 
     report = run_module("epd.report", str(sweep), timeout=120)
