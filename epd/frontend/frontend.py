@@ -82,6 +82,7 @@ class Frontend:
         self.policy = build_encoder_policy(cfg.scheduler, self.encoders)
         self.probe = MediaProbe(
             cfg.scheduler,
+            cfg.media,
             hash_content=self.policy.needs_content_hash or cfg.encoder.cache_enabled,
             image_processor=getattr(self.processor, "image_processor", None),
         )

@@ -19,8 +19,8 @@ import numpy as np
 
 from epd.media.config import MediaConfig
 from epd.media.container import open_container, probe, require_stream
-from epd.media.errors import MediaError, over_limit, short
-from epd.media.fetch import fetch_bytes
+from epd.media.errors import MediaError, describe, over_limit, short
+from epd.media.source import fetch_bytes
 
 DEFAULT_SAMPLING_RATE = 16000  # Whisper-style feature extractors (Qwen2-Audio, Qwen3-Omni)
 
@@ -36,6 +36,8 @@ class AudioClip:
 
 def load_audio(source: str, cfg: MediaConfig | None = None, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> AudioClip:
     """The audio at ``source`` (path, ``file://``, ``data:``, ``http(s)://``) as mono ``sampling_rate`` samples.
+
+    ``cfg`` (default ``MediaConfig()``) sets the limits and the source policy (``epd.media.source``).
 
     Raises ``MediaError`` for an unreadable or corrupt file, no audio stream, no samples, or a clip
     over ``cfg.max_audio_seconds`` (checked from the header first, then while decoding).
@@ -70,10 +72,10 @@ def decode_audio(
                 if num_samples > max_samples:
                     actual = f"more than {num_samples / sampling_rate:.1f} s long"
                     raise over_limit(f"{what} {label}", actual, "max_audio_seconds", limit)
-    except (av.error.FFmpegError, EOFError, ValueError) as exc:
-        if isinstance(exc, MediaError):
-            raise
-        raise MediaError(f"cannot decode {what} {label}: corrupt or truncated ({exc})") from exc
+    except MediaError:
+        raise
+    except Exception as exc:  # FFmpegError, or anything else PyAV raises on bad bytes: fail this item only
+        raise MediaError(f"cannot decode {what} {label}: corrupt or truncated ({describe(exc)})") from exc
     if num_samples == 0:
         raise MediaError(f"{what} {label} has no audio samples (zero length)")
     samples = np.concatenate(chunks)  # [N]

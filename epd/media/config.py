@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 VIDEO_BACKENDS = ("auto", "pyav", "decord", "torchcodec")
@@ -37,6 +38,17 @@ class MediaConfig:
     """Send a video's audio track with it, interleaved by time (families that take it: Qwen3-Omni)."""
     allow_http: bool = True
     """Whether http:// and https:// sources may be fetched."""
+    allowed_dirs: list[str] | None = None
+    """Folders local media (paths and ``file://``) may be read from; a file is inside one when its real
+    path (symlinks and ``..`` resolved) is. ``None`` means "not filled in yet": the entry point fills it
+    before any process starts (``epd.run``: the workload file's folder and the run directory). Inside
+    the media layer ``None`` and ``[]`` both mean no local files at all."""
+    allow_private_addresses: bool = False
+    """Whether http(s) media may come from loopback, private, link-local, multicast, reserved or
+    unspecified addresses (IPv4 and IPv6, IPv4-mapped IPv6 too); every address a host name resolves
+    to is checked, at every redirect hop."""
+    max_redirects: int = 3
+    """Most http redirects followed for one item (each hop is checked like the first URL); 0: none."""
 
     def __post_init__(self) -> None:
         for key in ("max_bytes", "max_image_pixels"):
@@ -53,8 +65,26 @@ class MediaConfig:
         lo, hi = self.video_min_frames, self.video_max_frames
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"media.video_min_frames={lo} is above media.video_max_frames={hi}")
-        if not isinstance(self.allow_http, bool):
-            raise ValueError(f"media.allow_http must be true or false, got {self.allow_http!r}")
+        for key in ("allow_http", "allow_private_addresses"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"media.{key} must be true or false, got {getattr(self, key)!r}")
+        if isinstance(self.max_redirects, bool) or not isinstance(self.max_redirects, int) or self.max_redirects < 0:
+            raise ValueError(f"media.max_redirects must be a whole number >= 0, got {self.max_redirects!r}")
+        if self.allowed_dirs is not None:
+            self.allowed_dirs = _check_dirs(self.allowed_dirs)
+
+
+def _check_dirs(dirs: object) -> list[str]:
+    """``dirs`` as a list of absolute folder names (``pathlib.Path`` entries become strings)."""
+    if isinstance(dirs, (str, bytes, os.PathLike)) or not isinstance(dirs, (list, tuple)):
+        raise ValueError(f"media.allowed_dirs must be a list of folders, got {dirs!r}")
+    out = []
+    for entry in dirs:
+        name = os.fspath(entry) if isinstance(entry, (str, os.PathLike)) else None
+        if not isinstance(name, str) or not os.path.isabs(name) or "\0" in name:
+            raise ValueError(f"media.allowed_dirs entries must be absolute folder paths, got {entry!r}")
+        out.append(name)
+    return out
 
 
 def _check_positive(key: str, value: object, kind: type | tuple[type, ...]) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 from epd.media.audio import DEFAULT_SAMPLING_RATE, AudioClip, decode_audio
 from epd.media.config import MediaConfig
 from epd.media.container import probe, require_stream
-from epd.media.errors import MediaError, over_limit, short
-from epd.media.fetch import fetch_bytes
+from epd.media.errors import MediaError, describe, over_limit, short
 from epd.media.sampling import FrameSampling
+from epd.media.source import fetch_bytes
 from epd.media.video_backends import get_backend
 
 
@@ -53,8 +53,8 @@ class VideoClip:
 def load_video(source: str, cfg: MediaConfig | None = None, sampling: FrameSampling | None = None) -> VideoClip:
     """The frames ``sampling`` keeps of the video at ``source`` (None: every frame).
 
-    ``source`` is a path, ``file://``, ``data:`` or ``http(s)://``; the decoder is
-    ``cfg.video_backend``. ``MediaError`` for an unreadable, truncated or corrupt file, no video
+    ``source`` is a path, ``file://``, ``data:`` or ``http(s)://``, read under ``cfg``'s source policy
+    (``epd.media.source``); the decoder is ``cfg.video_backend``. ``MediaError`` for an unreadable, truncated or corrupt file, no video
     stream, no frames, or a video over ``cfg.max_video_seconds``.
     """
     cfg = cfg or MediaConfig()
@@ -104,12 +104,11 @@ def decode_video(data: bytes, label: str, cfg: MediaConfig, sampling: FrameSampl
     except MediaError as exc:
         if label in str(exc):
             raise
-        raise MediaError(f"video {label}: {exc}") from exc
+        raise MediaError(f"video {label}: {describe(exc)}") from exc
     except Exception as exc:  # any decoder library's failure fails this item, not the process
         if found.video_frames == 0:
             raise MediaError(f"video {label} has no frames") from exc
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MediaError(f"cannot decode video {label} with {backend.name}: {detail}") from exc
+        raise MediaError(f"cannot decode video {label} with {backend.name}: {describe(exc)}") from exc
     assert frames.shape == (len(indices), *frames.shape[1:3], 3) and frames.dtype == np.uint8, frames.shape
     return VideoClip(
         frames=frames,

@@ -4,6 +4,7 @@ time, with media decoded by the same epd.media calls the encoders use (same fram
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def reference_tokens(ckpt: Path, requests_file: Path, audio_in_video: bool = Fal
     omni = hasattr(model, "thinker")
     generate = model.thinker.generate if omni else model.generate
     gen_kwargs = {"use_audio_in_video": True} if audio_in_video else {}
-    media_cfg = MediaConfig()
+    media_cfg = MediaConfig(allowed_dirs=[tempfile.gettempdir()])  # the tests' media lie under tmp_path
     out = {}
     for line in requests_file.read_text().splitlines():
         body = json.loads(line)
@@ -57,7 +58,7 @@ def reference_tokens(ckpt: Path, requests_file: Path, audio_in_video: bool = Fal
         kwargs: dict = {}
         for ref in media:
             if ref.modality == "image":
-                item = {"images": [load_image(ref.source)]}
+                item = {"images": [load_image(ref.source, cfg=media_cfg)]}
             elif ref.modality == "video" and omni:
                 sampling = frame_sampling(processor.video_processor, media_cfg)
                 if audio_in_video:

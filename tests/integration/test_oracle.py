@@ -75,7 +75,7 @@ def reference(tiny_qwen25vl, requests_file) -> dict[str, list[int]]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from epd.frontend import to_template_messages
-    from epd.media import load_image
+    from epd.media import MediaConfig, load_image
 
     processor = AutoProcessor.from_pretrained(tiny_qwen25vl)
     model = AutoModelForImageTextToText.from_pretrained(tiny_qwen25vl, dtype=torch.float32).eval()
@@ -84,7 +84,8 @@ def reference(tiny_qwen25vl, requests_file) -> dict[str, list[int]]:
         body = json.loads(line)
         messages, media = to_template_messages(body["messages"])
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images = [load_image(m.source) for m in media] or None
+        local = MediaConfig(allowed_dirs=[str(requests_file.parent)])
+        images = [load_image(m.source, cfg=local) for m in media] or None
         inputs = processor(text=[text], images=images, return_tensors="pt")
         with torch.inference_mode():
             ids = model.generate(**inputs, do_sample=False, max_new_tokens=body["max_tokens"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import numpy as np
@@ -16,6 +17,8 @@ from epd.media import MediaConfig
 from epd.models import MediaInput, detect_family
 from epd.protocol import EncodeItem
 from epd.scheduler.content_hash import ContentHasher
+
+LOCAL = MediaConfig(allowed_dirs=[tempfile.gettempdir()])  # the test media lie under tmp_path
 
 
 def test_batch_rule_fills_the_budget_in_arrival_order():
@@ -68,7 +71,7 @@ def images(tmp_path_factory) -> list[str]:
 
 
 def msg(request_id: str, source: str, hashed: bool = True) -> EncodeItem:
-    h = ContentHasher().hash(source) if hashed else None
+    h = ContentHasher(LOCAL).hash(source) if hashed else None
     return EncodeItem(request_id=request_id, index=0, modality="image", source=source, language_rank=1, content_hash=h)
 
 
@@ -85,7 +88,7 @@ def test_items_of_concurrent_requests_share_one_tower_call(tower, images):
     spy = CountingTower(tower)
     role = EncoderRole(
         spy,
-        MediaConfig(),
+        LOCAL,
         EncoderConfig(max_batch_items=3, max_wait_ms=60_000, cache_device_bytes=0, cache_host_bytes=0),
     )
     for i, path in enumerate(images[:3]):
@@ -97,7 +100,7 @@ def test_items_of_concurrent_requests_share_one_tower_call(tower, images):
     for res, path in zip(results, images[:3], strict=True):  # packed together = each alone
         from epd.media import load_image
 
-        alone = tower.encode([MediaInput(modality="image", data=load_image(path))])[0]
+        alone = tower.encode([MediaInput(modality="image", data=load_image(path, cfg=LOCAL))])[0]
         assert res.item.meta.token_ids == alone.meta.token_ids
         torch.testing.assert_close(res.item.tensors["embeds"], alone.tensors["embeds"], rtol=1e-5, atol=1e-5)
         assert res.num_tokens == alone.meta.num_embeds == res.est_tokens  # the processor sized it exactly
@@ -110,7 +113,7 @@ def test_items_of_concurrent_requests_share_one_tower_call(tower, images):
 def test_token_budget_splits_batches(tower, images):
     spy = CountingTower(tower)
     cfg = EncoderConfig(max_batch_tokens=130, max_wait_ms=300, cache_device_bytes=0, cache_host_bytes=0)
-    role = EncoderRole(spy, MediaConfig(), cfg)
+    role = EncoderRole(spy, LOCAL, cfg)
     sizes = {}
     for i, path in enumerate(images):
         role.add(msg(f"r{i}", path))
@@ -124,7 +127,7 @@ def test_token_budget_splits_batches(tower, images):
 
 def test_a_repeated_item_is_served_from_the_cache_without_decode_or_tower(tower, images):
     spy = CountingTower(tower)
-    role = EncoderRole(spy, MediaConfig(), EncoderConfig())
+    role = EncoderRole(spy, LOCAL, EncoderConfig())
     role.add(msg("a", images[0]))
     (first,) = drain(role, 1)
     role.add(msg("b", images[0]))
@@ -139,7 +142,7 @@ def test_a_repeated_item_is_served_from_the_cache_without_decode_or_tower(tower,
 
 def test_identical_items_in_flight_are_encoded_once(tower, images):
     spy = CountingTower(tower)
-    role = EncoderRole(spy, MediaConfig(), EncoderConfig())
+    role = EncoderRole(spy, LOCAL, EncoderConfig())
     role.add(msg("a", images[1]))
     role.add(msg("b", images[1]))
     role.add(msg("c", images[2]))
@@ -153,7 +156,7 @@ def test_identical_items_in_flight_are_encoded_once(tower, images):
 def test_a_bad_item_fails_alone_and_its_twins_with_it(tower, images, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    role = EncoderRole(CountingTower(tower), MediaConfig(), EncoderConfig())
+    role = EncoderRole(CountingTower(tower), LOCAL, EncoderConfig())
     role.add(msg("bad", str(broken)))
     role.add(msg("twin", str(broken)))
     role.add(msg("good", images[3]))
@@ -165,12 +168,12 @@ def test_a_bad_item_fails_alone_and_its_twins_with_it(tower, images, tmp_path):
 
 
 def test_cache_key_holds_the_processing_parameters(tower, images):
-    a = EncoderRole(tower, MediaConfig(), EncoderConfig())
-    b = EncoderRole(tower, MediaConfig(video_fps=1.0), EncoderConfig())
+    a = EncoderRole(tower, LOCAL, EncoderConfig())
+    b = EncoderRole(tower, MediaConfig(allowed_dirs=LOCAL.allowed_dirs, video_fps=1.0), EncoderConfig())
     m = msg("a", images[0])
     assert a._key(m) != b._key(m) and a._key(m).startswith("image:")
     assert a._key(msg("a", images[0], hashed=False)) is None
-    off = EncoderRole(tower, MediaConfig(), EncoderConfig(cache_device_bytes=0, cache_host_bytes=0))
+    off = EncoderRole(tower, LOCAL, EncoderConfig(cache_device_bytes=0, cache_host_bytes=0))
     assert off._key(m) is None
     for role in (a, b, off):
         role.close()
@@ -182,7 +185,7 @@ def test_videos_and_images_of_different_requests_share_one_call(tower, images, t
     videos = [str(write_test_video(tmp_path / f"v{i}.mp4", 1.0 + i, 8, (96, 64), seed=i)) for i in range(2)]
     spy = CountingTower(tower)
     cfg = EncoderConfig(max_batch_items=3, max_wait_ms=60_000, cache_device_bytes=0, cache_host_bytes=0)
-    role = EncoderRole(spy, MediaConfig(), cfg)
+    role = EncoderRole(spy, LOCAL, cfg)
     role.add(EncodeItem(request_id="v0", index=0, modality="video", source=videos[0], language_rank=1))
     role.add(msg("i", images[0]))
     role.add(EncodeItem(request_id="v1", index=0, modality="video", source=videos[1], language_rank=1))

@@ -1,4 +1,8 @@
-"""http(s) sources against a real http.server on 127.0.0.1: status, timeouts, byte limit while streaming."""
+"""http(s) sources against a real http.server on 127.0.0.1: status, timeouts, byte limit while streaming.
+
+127.0.0.1 is a private address, so every fetch here passes ``allow_private_addresses=True`` (``web``);
+that the default refuses it, and redirects, are tested in test_media_policy.py.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,11 @@ from epd.media import MediaConfig, MediaError, fetch_bytes, load_image, load_vid
 from epd.media.synth import write_test_video
 
 BODY = bytes(range(256)) * 40  # 10240 bytes
+
+
+def web(**kwargs) -> MediaConfig:
+    """A config that may fetch from this machine's test server."""
+    return MediaConfig(allow_private_addresses=True, **kwargs)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,34 +97,34 @@ def server(tmp_path_factory):
 
 
 def test_ok_and_decoders_over_http(server):
-    assert fetch_bytes(f"{server}/ok") == BODY
-    assert load_image(f"{server}/png").getpixel((0, 0)) == (1, 2, 3)
-    clip = load_video(f"{server}/video", MediaConfig(video_backend="pyav"))
+    assert fetch_bytes(f"{server}/ok", cfg=web()) == BODY
+    assert load_image(f"{server}/png", cfg=web()).getpixel((0, 0)) == (1, 2, 3)
+    clip = load_video(f"{server}/video", web(video_backend="pyav"))
     assert clip.frames.shape == (10, 48, 64, 3) and clip.fps == 10.0
 
 
 def test_http_404(server):
     with pytest.raises(MediaError, match=r"cannot fetch http://127\.0\.0\.1:\d+/missing: HTTP 404 Not Found"):
-        fetch_bytes(f"{server}/missing")
+        fetch_bytes(f"{server}/missing", cfg=web())
 
 
 def test_slow_server_times_out(server):
     start = time.monotonic()
     with pytest.raises(MediaError, match=r"/slow timed out after 0\.3 s \(raise media.fetch_timeout_s\)"):
-        fetch_bytes(f"{server}/slow", cfg=MediaConfig(fetch_timeout_s=0.3))
+        fetch_bytes(f"{server}/slow", cfg=web(fetch_timeout_s=0.3))
     assert time.monotonic() - start < 2
 
 
 def test_trickling_server_hits_the_whole_fetch_deadline(server):
     start = time.monotonic()  # every read returns within the timeout, the whole body does not
     with pytest.raises(MediaError, match=r"/trickle timed out after 0\.5 s"):
-        fetch_bytes(f"{server}/trickle", cfg=MediaConfig(fetch_timeout_s=0.5))
+        fetch_bytes(f"{server}/trickle", cfg=web(fetch_timeout_s=0.5))
     assert time.monotonic() - start < 2
 
 
 def test_oversize_with_content_length_is_refused_before_reading(server):
     with pytest.raises(MediaError, match=r"/huge is 10737418240 bytes \(Content-Length\), over media.max_bytes=100000"):
-        fetch_bytes(f"{server}/huge", cfg=MediaConfig(max_bytes=100_000))
+        fetch_bytes(f"{server}/huge", cfg=web(max_bytes=100_000))
 
 
 def test_oversize_without_content_length_stops_reading(server):
@@ -123,7 +132,7 @@ def test_oversize_without_content_length_stops_reading(server):
     with pytest.raises(
         MediaError, match=r"/endless is more than 100000 bytes \(stopped reading at \d+\), over media.max_bytes=100000"
     ):
-        fetch_bytes(f"{server}/endless", cfg=MediaConfig(max_bytes=100_000))
+        fetch_bytes(f"{server}/endless", cfg=web(max_bytes=100_000))
     assert time.monotonic() - start < 2
     time.sleep(0.2)  # the server notices the closed connection; it never got to write 64 MiB
     assert Handler.sent["/endless"] < (16 << 20)
@@ -134,4 +143,4 @@ def test_connection_refused():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(MediaError, match=rf"cannot reach http://127\.0\.0\.1:{port}/x\.png: .*refused"):
-        fetch_bytes(f"http://127.0.0.1:{port}/x.png", cfg=MediaConfig(fetch_timeout_s=2))
+        fetch_bytes(f"http://127.0.0.1:{port}/x.png", cfg=web(fetch_timeout_s=2))

@@ -15,7 +15,6 @@ from epd.media import FrameSampling, MediaConfig, load_video
 from epd.media.synth import write_test_video
 
 SMALL = {"size": {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 48}, "cap_pixels_per_frame": False}
-PYAV = MediaConfig(video_backend="pyav")
 
 
 def reference_indices(method: str, sampling: FrameSampling, total: int, fps: float) -> np.ndarray:
@@ -74,6 +73,11 @@ def video(tmp_path_factory):
     return write_test_video(tmp_path_factory.mktemp("v") / "v.mp4", seconds=3.2, fps=25, size=(112, 84))
 
 
+def pyav(video) -> MediaConfig:
+    """PyAV decoding, with the video's folder allowed."""
+    return MediaConfig(video_backend="pyav", allowed_dirs=[str(video.parent)])
+
+
 def processed(proc, clip, **kwargs):
     out = proc(videos=[clip.frames], video_metadata=[clip.processor_metadata()], return_metadata=True, **kwargs)
     return out["pixel_values_videos"], out["video_grid_thw"], out["video_metadata"][0]
@@ -83,13 +87,13 @@ def processed(proc, clip, **kwargs):
 def test_video_processor_sees_the_same_frames(cls, video):
     proc = cls(**SMALL, min_frames=4, max_frames=768)
     sampling = FrameSampling.for_processor(proc, MediaConfig(video_fps=2.5))
-    everything, clip = load_video(str(video), PYAV), load_video(str(video), PYAV, sampling)
+    everything, clip = load_video(str(video), pyav(video)), load_video(str(video), pyav(video), sampling)
     ref_pixels, ref_grid, ref_meta = processed(proc, everything, **sampling.processor_kwargs())
     pixels, grid, meta = processed(proc, clip, **sampling.processor_kwargs(presampled=True))
     np.testing.assert_array_equal(np.asarray(ref_meta.frames_indices), clip.indices)
     assert torch.equal(grid, ref_grid) and torch.equal(pixels, ref_pixels)
     assert meta.timestamps == ref_meta.timestamps and meta.sampled_fps == ref_meta.sampled_fps
-    shifted = load_video(str(video), PYAV)  # one frame off: the comparison above would have caught it
+    shifted = load_video(str(video), pyav(video))  # one frame off: the comparison above would have caught it
     wrong = everything.frames[np.minimum(clip.indices + 1, everything.num_source_frames - 1)]
     object.__setattr__(shifted, "frames", wrong)
     assert not torch.equal(processed(proc, shifted, do_sample_frames=False)[0], ref_pixels)
@@ -109,7 +113,7 @@ def test_tiny_checkpoint_processor_same_inputs(family, video):
 
     proc = AutoProcessor.from_pretrained(cached_tiny(family))
     sampling = FrameSampling.for_processor(proc.video_processor)
-    everything, clip = load_video(str(video), PYAV), load_video(str(video), PYAV, sampling)
+    everything, clip = load_video(str(video), pyav(video)), load_video(str(video), pyav(video), sampling)
     start, end = (
         getattr(proc, "vision_bos_token", "<|vision_start|>"),
         getattr(proc, "vision_eos_token", "<|vision_end|>"),

@@ -4,6 +4,7 @@ frames for sparse indices, and fails with clear MediaErrors; synthetic media is 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 
 import av
@@ -17,10 +18,15 @@ from epd.media.video_backends import VIDEO_BACKENDS, get_backend
 BACKENDS = ["pyav", "decord", "torchcodec"]
 
 
-def backend_or_skip(name: str) -> MediaConfig:
+def backend_or_skip(name: str, **kwargs) -> MediaConfig:
     if not VIDEO_BACKENDS.get(name).available():
         pytest.skip(f"video backend {name} is not installed")
-    return MediaConfig(video_backend=name)
+    return local(video_backend=name, **kwargs)
+
+
+def local(**kwargs) -> MediaConfig:
+    """A config that lets files under the system's temporary folder (where ``tmp_path*`` live) be read."""
+    return MediaConfig(allowed_dirs=[tempfile.gettempdir()], **kwargs)
 
 
 def decode_all(path) -> np.ndarray:
@@ -112,23 +118,25 @@ def test_pyav_seeks_instead_of_decoding_everything(videos):
 
 def test_backends_agree_on_sampled_frames(videos):
     sampling = FrameSampling(fps=2, min_frames=4, max_frames=16)
-    clips = [load_video(str(videos["h264"]), MediaConfig(video_backend=b), sampling) for b in installed_backends()]
+    clips = [load_video(str(videos["h264"]), local(video_backend=b), sampling) for b in installed_backends()]
     for clip in clips[1:]:
         np.testing.assert_array_equal(clip.indices, clips[0].indices)
         np.testing.assert_array_equal(clip.frames, clips[0].frames)
         assert (clip.fps, clip.num_source_frames) == (clips[0].fps, clips[0].num_source_frames)
-    assert "pyav" in installed_backends() and load_video(str(videos["mpeg4"])).backend == installed_backends()[0]
+    assert (
+        "pyav" in installed_backends() and load_video(str(videos["mpeg4"]), local()).backend == installed_backends()[0]
+    )
 
 
 def test_audio_track_of_video(videos):
-    clip, audio = load_video_audio(str(videos["h264"]), MediaConfig(video_backend="pyav"), sampling_rate=16000)
+    clip, audio = load_video_audio(str(videos["h264"]), local(video_backend="pyav"), sampling_rate=16000)
     assert clip.num_source_frames == 60 and audio.sampling_rate == 16000
     assert audio.duration == pytest.approx(2.0, abs=0.05)  # AAC pads its last frame
     ref = audio_samples(2, 16000)[0]
     n = min(len(ref), len(audio.samples))
     assert np.corrcoef(ref[:n], audio.samples[:n])[0, 1] > 0.99  # aligned in time, not just similar
     with pytest.raises(MediaError, match="mpeg4.mp4 has no audio stream"):
-        load_video_audio(str(videos["mpeg4"]))
+        load_video_audio(str(videos["mpeg4"]), local())
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +199,7 @@ def test_truncated_sample_data(backend, cut_faststart):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_video_duration_limit(backend, videos):
     cfg = backend_or_skip(backend)
-    limited = MediaConfig(video_backend=backend, max_video_seconds=1.5)
+    limited = local(video_backend=backend, max_video_seconds=1.5)
     with pytest.raises(MediaError, match=r"video .*h264\.mp4 is 2\.0 s long, over media.max_video_seconds=1\.5$"):
         load_video(str(videos["h264"]), limited)
     assert load_video(str(videos["mpeg4"]), limited).duration == 1.0
@@ -209,5 +217,5 @@ def test_unavailable_backend_is_a_config_error(monkeypatch):
 
 def test_one_frame_video(tmp_path):
     path = write_test_video(tmp_path / "one.mp4", seconds=0.1, fps=10, size=(32, 32))
-    clip = load_video(str(path), MediaConfig(video_backend="pyav"), FrameSampling(2, 4, 768))
+    clip = load_video(str(path), local(video_backend="pyav"), FrameSampling(2, 4, 768))
     assert clip.num_source_frames == 1 and clip.indices.tolist() == [0] and clip.frames.shape == (1, 32, 32, 3)

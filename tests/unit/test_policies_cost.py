@@ -10,11 +10,17 @@ from PIL import Image
 
 from epd.frontend.chat import to_template_messages
 from epd.frontend.probe import MediaProbe
+from epd.media import MediaConfig, MediaError
 from epd.scheduler import SchedulerConfig
 from epd.scheduler.content_hash import ContentHasher
 from epd.scheduler.cost import estimate_tokens
 
 CFG = SchedulerConfig()
+
+
+def local(folder) -> MediaConfig:
+    """A media config that lets files in ``folder`` be read."""
+    return MediaConfig(allowed_dirs=[str(folder)])
 
 
 def _png(path, size, seed=0) -> bytes:
@@ -51,19 +57,22 @@ def test_content_hash_follows_bytes_not_names(tmp_path):
     data = _png(tmp_path / "a.png", (32, 16))
     (tmp_path / "copy.png").write_bytes(data)
     _png(tmp_path / "b.png", (32, 16), seed=1)
-    hasher = ContentHasher()
+    hasher = ContentHasher(local(tmp_path))
     a = hasher.hash(str(tmp_path / "a.png"))
     assert a == hasher.hash(str(tmp_path / "copy.png")) == hasher.hash(f"file://{tmp_path}/a.png")
     assert a == hasher.hash("data:image/png;base64," + base64.b64encode(data).decode())
     assert a != hasher.hash(str(tmp_path / "b.png"))
     assert hasher.hash("http://host/a.png") == hasher.hash("http://host/a.png") != hasher.hash("http://host/b.png")
-    assert hasher.hash(str(tmp_path / "missing.png")) is None
+    with pytest.raises(MediaError, match="cannot read media file .*missing.png"):
+        hasher.hash(str(tmp_path / "missing.png"))
+    with pytest.raises(MediaError, match="refused: local media must lie inside media.allowed_dirs"):
+        ContentHasher(local(tmp_path / "elsewhere")).hash(str(tmp_path / "a.png"))
 
 
 def test_content_hash_sees_a_rewritten_file(tmp_path):
     path = tmp_path / "a.png"
     _png(path, (32, 16))
-    hasher = ContentHasher()
+    hasher = ContentHasher(local(tmp_path))
     before = hasher.hash(str(path))
     _png(path, (32, 17), seed=3)
     assert hasher.hash(str(path)) != before
@@ -72,6 +81,7 @@ def test_content_hash_sees_a_rewritten_file(tmp_path):
 def test_probe_sizes_images_from_their_header(tmp_path):
     data = _png(tmp_path / "a.png", (280, 140))
     uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    (tmp_path / "a.wav").write_bytes(b"RIFF")  # checked (exists, regular), never decoded here
     _, refs = to_template_messages(
         [
             {
@@ -81,18 +91,43 @@ def test_probe_sizes_images_from_their_header(tmp_path):
                     {"type": "image_url", "image_url": {"url": uri}},
                     {"type": "image_url", "image_url": {"url": "http://h/x.png", "width": 56, "height": 56}},
                     {"type": "image_url", "image_url": {"url": "http://h/y.png"}},
-                    {"type": "audio_url", "audio_url": {"url": "a.wav", "seconds": 2}},
+                    {"type": "audio_url", "audio_url": {"url": str(tmp_path / "a.wav"), "seconds": 2}},
                 ],
             }
         ]
     )
-    probe = MediaProbe(CFG, hash_content=True)
+    probe = MediaProbe(CFG, local(tmp_path), hash_content=True)
     infos = [probe.item("r", i, ref) for i, ref in enumerate(refs)]
     assert [it.est_tokens for it in infos] == [50, 50, 4, CFG.item_tokens["image"], 50]
     assert infos[0].content_hash == infos[1].content_hash is not None
-    assert MediaProbe(CFG, hash_content=False).item("r", 0, refs[0]).content_hash is None
+    assert MediaProbe(CFG, local(tmp_path), hash_content=False).item("r", 0, refs[0]).content_hash is None
 
 
-@pytest.mark.parametrize("source", ["data:image/png;base64,!!!", "data:image/png;base64,AAAA", "/nowhere/x.png"])
-def test_probe_leaves_bad_media_to_the_encoder(source):
-    assert MediaProbe(CFG, hash_content=True).image_size(source) is None
+def test_probe_leaves_bad_content_to_the_encoder(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    probe = MediaProbe(CFG, local(tmp_path), hash_content=True)
+    for source in ["data:image/png;base64,AAAA", str(tmp_path / "x.png")]:
+        assert probe.image_size(source) is None
+        _, (ref,) = to_template_messages(
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": source}}]}]
+        )
+        assert probe.item("r", 0, ref).est_tokens == CFG.item_tokens["image"]
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("data:image/png;base64,!!!", "not valid base64"),
+        ("/nowhere/x.png", "refused: local media must lie inside media.allowed_dirs"),
+        ("{tmp}/missing.png", "cannot read media file"),
+        ("{tmp}", "not a regular file"),
+        ("http://127.0.0.1/x.png", "not a public address"),
+    ],
+)
+def test_probe_fails_a_bad_source_at_once(source, message, tmp_path):
+    probe = MediaProbe(CFG, local(tmp_path), hash_content=False)
+    _, (ref,) = to_template_messages(
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": source.format(tmp=tmp_path)}}]}]
+    )
+    with pytest.raises(MediaError, match=message):
+        probe.item("r", 0, ref)

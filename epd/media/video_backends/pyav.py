@@ -10,12 +10,12 @@ to RGB only the frames kept. Streams without timestamps are decoded from the sta
 from __future__ import annotations
 
 import bisect
-import io
 from fractions import Fraction
 
 import av
 import numpy as np
 
+from epd.media.container import av_open
 from epd.media.errors import MediaError
 from epd.media.video_backends import VIDEO_BACKENDS, VideoInfo, VideoReader
 
@@ -47,7 +47,7 @@ class PyAVReader(VideoReader):
         self._stream.thread_type = "AUTO"
 
     def _open(self) -> av.container.InputContainer:
-        return av.open(io.BytesIO(self._data), metadata_errors="ignore")
+        return av_open(self._data)  # the same demuxer whitelist as the probe
 
     def _count_by_decoding(self) -> int:
         with self._open() as container:
