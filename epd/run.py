@@ -123,15 +123,16 @@ def launch(dcfg: DictConfig) -> int:
 
 
 def with_defaults(cfg):
-    """Fill what depends on the run: local media may come from the workload file's folder and the run
-    directory unless ``media.allowed_dirs`` names folders itself."""
+    """Fill what depends on the run: local media may come from the workload file's folder (unless
+    ``media.allowed_dirs`` names folders itself) and always from the run directory (its own media)."""
     media = cfg.media
-    if getattr(media, "allowed_dirs", []) is None:
-        dirs = [str(Path(cfg.run_dir).absolute())]
-        if cfg.workload.path:
-            dirs.insert(0, str(Path(cfg.workload.path).expanduser().absolute().parent))
-        cfg = dataclasses.replace(cfg, media=dataclasses.replace(media, allowed_dirs=dirs))
-    return cfg
+    dirs = list(media.allowed_dirs) if media.allowed_dirs is not None else []
+    if media.allowed_dirs is None and cfg.workload.name == "file" and cfg.workload.path:
+        dirs.append(str(Path(cfg.workload.path).expanduser().absolute().parent))
+    run_dir = str(Path(cfg.run_dir).absolute())
+    if run_dir not in dirs:
+        dirs.append(run_dir)
+    return dataclasses.replace(cfg, media=dataclasses.replace(media, allowed_dirs=dirs))
 
 
 def check_memory(cfg, ranks_here=None) -> None:

@@ -154,7 +154,7 @@ class Frontend:
             prompt_ids, media = self.tokenize(req)
             check_length(len(prompt_ids), req.max_tokens, self.limits, "the prompt (before media tokens)")
             record.timestamps["tokenized"] = time.time()
-            tracked.items = [self.probe.item(req.id, i, m) for i, m in enumerate(media)]
+            tracked.items = [self._probe(req.id, i, m) for i, m in enumerate(media)]
             tracked.encoders = self.policy.assign(tracked.items) if tracked.items else []
             new_request = self._new_request(req, tracked, prompt_ids)
         except Exception as exc:  # anything wrong with this request fails it, never the frontend
@@ -173,6 +173,12 @@ class Frontend:
         self.channel.send(rank_name(tracked.language_rank), new_request)
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.send_item(tracked, item, enc)
+
+    def _probe(self, request_id: str, index: int, ref) -> MediaItemInfo:
+        try:
+            return self.probe.item(request_id, index, ref)
+        except ValueError as exc:  # MediaError: refused, missing, not a regular file, too big
+            raise ValueError(f"media item {index}: {exc}") from None
 
     def _new_request(self, req: WorkloadRequest, tracked: Tracked, prompt_ids: list[int]) -> NewRequest:
         tracked.language_rank = min(self.language_load, key=self.language_load.get)

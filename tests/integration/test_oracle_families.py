@@ -114,7 +114,7 @@ def family_case(request, media, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("topology", "transfer"), TOPOLOGIES, ids=[t for t, _ in TOPOLOGIES])
-def test_family_equals_transformers(tmp_path, family_case, topology, transfer):
+def test_family_equals_transformers(tmp_path, family_case, media, topology, transfer):
     family, ckpt, path, reference = family_case
     run_dir = tmp_path / "run"
     run_epd(
@@ -124,6 +124,7 @@ def test_family_equals_transformers(tmp_path, family_case, topology, transfer):
         f"model.path={ckpt}",
         "workload=file",
         f"workload.path={path}",
+        f'media.allowed_dirs=["{media}","{path.parent}"]',  # the media live beside, not under, the workload file
         *ENGINE_KNOBS[topology],
         *([f"engine.kv_tokens={KV_TOKENS.get(family, 160)}"] if topology == "1e1p" else []),
     )
@@ -159,6 +160,7 @@ def test_omni_video_with_its_audio_track(tmp_path, media):
         "media.use_audio_in_video=true",
         "workload=file",
         f"workload.path={path}",
+        f'media.allowed_dirs=["{media}","{tmp_path}"]',
     )
     got = {r["id"]: r for r in read_results(run_dir)["requests"]}
     for rid, ref in reference.items():
