@@ -22,11 +22,14 @@ from epd.encoder.batcher import BatchRule, Ready
 from epd.encoder.cache import EmbeddingCache, shared_copy
 from epd.encoder.config import EncoderConfig
 from epd.encoder.decode import MediaDecoder
+from epd.expiring import ExpiringSet
 from epd.media import MediaConfig, MediaError
 from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.protocol import EncodeItem
 from epd.scheduler.config import SchedulerConfig
 
+ABORTED_TTL_S = 600.0
+"""How long an aborted request's id is remembered, so items still arriving for it are dropped."""
 MAX_IDLE_POLL_S = 0.001
 """While decodes run, the rank's inbox wait is capped at this, so finished decodes are picked up soon."""
 
@@ -90,6 +93,22 @@ class EncoderRole:
         self._finished: list[EncodeResult] = []
         self._followers: dict[str, list[EncodeResult]] = {}
         self._num_batches = 0
+        self.busy_s = 0.0  # seconds spent in tower calls
+        self._aborted: ExpiringSet[str] = ExpiringSet(ABORTED_TTL_S)
+
+    def stats(self) -> dict[str, float]:
+        """Load figures for heartbeats (read from another thread: plain counters only)."""
+        return {
+            "encoder_decoding": float(len(self._decoding)),
+            "encoder_ready": float(len(self._ready)),
+            "encoder_busy_s": self.busy_s,
+            "encoder_batches": float(self._num_batches),
+        }
+
+    def abort(self, request_id: str) -> None:
+        """Forget every item of ``request_id`` not encoded yet: nothing more is done or sent for them."""
+        self._aborted.add(request_id)
+        self._ready = [r for r in self._ready if r.payload.result.msg.request_id != request_id]
 
     @property
     def has_work(self) -> bool:
@@ -120,6 +139,8 @@ class EncoderRole:
         self.encoder.encode([MediaInput(modality=m, data=samples[m]) for m in self.encoder.modalities if m in samples])
 
     def add(self, msg: EncodeItem) -> None:
+        if msg.request_id in self._aborted:
+            return
         res = EncodeResult(msg=msg, timestamps={"encode_queue_start": time.time()})
         key = self._key(msg)
         if key is not None:
@@ -144,7 +165,7 @@ class EncoderRole:
         if batch:
             self._run([r.payload for r in batch])
         done, self._finished = self._finished, []
-        return done
+        return [res for res in done if res.msg.request_id not in self._aborted]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -177,6 +198,11 @@ class EncoderRole:
                 inp, num_tokens, stamps = dec.future.result()
             except MediaError as exc:
                 dec.result.error = str(exc)
+                self._finish(dec, None)
+                continue
+            except Exception as exc:  # a decoder bug must fail this item, never the encoder rank
+                modality = dec.result.msg.modality
+                dec.result.error = f"the {modality} could not be loaded: {type(exc).__name__}: {exc}"
                 self._finish(dec, None)
                 continue
             dec.result.timestamps.update(stamps)
@@ -223,6 +249,7 @@ class EncoderRole:
                 self._encode([res], [inp])
             return
         end = time.time()
+        self.busy_s += end - start
         for res, item in zip(results, encoded, strict=True):
             res.item = item
             res.num_tokens = item.meta.num_embeds

@@ -98,6 +98,7 @@ class Frontend:
         self.record_of: dict[int, RequestRecord] = {}  # id() of every request submitted → its record
         self.writer = RecordWriter(cfg.run_dir)
         self.lost: set[int] = set()  # ranks declared lost
+        self.rank_stats: dict[int, dict[str, float]] = {}  # each rank's load, from its last heartbeat
         self.events: list[dict] = []  # what happened to the job (lost ranks, items re-sent)
         self.progress = ProgressBar(0, enabled=False)  # the measured phase's bar is made by the run
         self.signals: list[int] = []  # set by the process's signal handlers
@@ -282,9 +283,13 @@ class Frontend:
         self._finish_record(tracked.record)
 
     def abort(self, tracked: Tracked, error: str) -> None:
-        """End a request in flight with ``error``; its language rank frees it."""
-        if tracked.language_rank not in self.lost:
-            self.channel.send(rank_name(tracked.language_rank), Abort(request_id=tracked.req.id))
+        """End a request in flight with ``error``: its language rank frees its blocks, its encoders drop
+        the items they have not encoded yet."""
+        holders = {
+            enc for item, enc in zip(tracked.items, tracked.encoders, strict=True) if item.key in self.unreported
+        }
+        for rank in {tracked.language_rank, *holders} - self.lost:
+            self.channel.send(rank_name(rank), Abort(request_id=tracked.req.id))
         tracked.record.error = error
         tracked.record.finish_reason = "abort"
         self.end(tracked)

@@ -135,9 +135,9 @@ def finish_run(
     if beat is not None:
         beat.stop()
     live = [r for r in range(cfg.topology.world_size) if r not in fe.lost]
-    peak = read_peak_memory(fe.store, live, timeout_s=30.0 if reason is None else 1.0)
+    peak = read_peak_memory(fe.store, live, timeout_s=30.0 if reason is None else 0.5)
     fe.writer.close()
-    fe.channel.close()
+    fe.channel.close(linger_ms=2000 if reason is None else 300)
     ordered = [fe.record_of[id(req)] for req in requests if id(req) in fe.record_of]
     ordered += [r for key, r in fe.record_of.items() if key not in {id(q) for q in requests}]
     summary = _summary(fe, ordered, reason, start, end, phase_starts)

@@ -40,7 +40,10 @@ class JobWatch:
     def on_message(self, sender: str, msg) -> None:
         if isinstance(msg, PeerLost):
             self.rank_lost(msg.rank, msg.reason)
-        elif not isinstance(msg, Heartbeat):
+        elif isinstance(msg, Heartbeat):
+            if sender.startswith("rank"):
+                self.fe.rank_stats[int(sender[4:])] = dict(msg.stats)
+        else:
             self.fe.channel._drop("misrouted", f"{type(msg).__name__} from {sender} to the frontend")
 
     def check(self) -> None:

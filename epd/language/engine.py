@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
+from epd.expiring import ExpiringDict, ExpiringSet
 from epd.language.block_manager import BlockManager
 from epd.language.config import EngineConfig
 from epd.language.runner import ModelRunner
@@ -25,6 +26,11 @@ from epd.protocol import NewRequest, RequestOutput
 from epd_kernels import merge_embeddings
 
 log = logging.getLogger("epd.language")
+
+EARLY_ITEM_TTL_S = 120.0
+"""How long an item that arrived before its request is kept waiting for it."""
+ENDED_TTL_S = 600.0
+"""How long an ended request's id is remembered, so that items still on the way for it are dropped."""
 
 
 class LanguageEngine:
@@ -45,13 +51,25 @@ class LanguageEngine:
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.prefix_cache)
         self.scheduler = Scheduler(cfg, self.blocks)
         self.seqs: dict[str, Sequence] = {}  # every request not finished yet
-        self._early_items: dict[str, list[tuple]] = {}  # items that beat their NewRequest here
-        self._failed: set[str] = set()  # failed requests: their late items are dropped on arrival
+        # items that beat their NewRequest here (a request's prompt and its items travel apart)
+        self._early_items: ExpiringDict[str, list[tuple]] = ExpiringDict(EARLY_ITEM_TTL_S)
+        # requests that ended (finished, failed, aborted): their late or repeated items are dropped
+        self._ended: ExpiringSet[str] = ExpiringSet(ENDED_TTL_S)
+        self.max_context = min(cfg.max_model_len, _max_positions(side.hf_config) or cfg.max_model_len)
         self.steps = 0
 
     @property
     def capacity_tokens(self) -> int:
         return self.blocks.capacity_tokens
+
+    def stats(self) -> dict[str, float]:
+        """Load figures for heartbeats (read from another thread: plain counters only)."""
+        return {
+            "num_waiting": float(len(self.scheduler.waiting)),
+            "num_running": float(len(self.scheduler.running)),
+            "kv_free_blocks": float(self.blocks.num_free),
+            "kv_total_blocks": float(len(self.blocks.ref) - 1),
+        }
 
     @property
     def has_work(self) -> bool:
@@ -81,13 +99,32 @@ class LanguageEngine:
     # ---- arrivals ---------------------------------------------------------------------------------
 
     def add_request(self, req: NewRequest) -> None:
+        if req.request_id in self.seqs or req.request_id in self._ended:
+            log.warning("request %s arrived twice: the second copy is dropped", req.request_id)
+            return
         seq = Sequence(request=req)
         seq.stamp("language_arrival")
         self.seqs[req.request_id] = seq
         self.scheduler.add(seq)
-        for args in self._early_items.pop(req.request_id, []):
+        seq.error = self._length_error(len(req.prompt_token_ids), req.sampling.max_tokens, "with placeholders")
+        for args in self._early_items.pop(req.request_id, None) or []:
             self.add_item(*args)
         self._maybe_prepare(seq)
+
+    def _length_error(self, num_prompt: int, max_tokens: int, what: str) -> str | None:
+        """Why a prompt of ``num_prompt`` tokens plus ``max_tokens`` cannot run here (None if it can)."""
+        total = num_prompt + max_tokens
+        if total > self.max_context:
+            return (
+                f"the prompt ({what}) has {num_prompt} tokens and max_tokens is {max_tokens}: {total} tokens, over "
+                f"the context of {self.max_context}"
+            )
+        if total > self.blocks.capacity_tokens:
+            return (
+                f"the prompt ({what}) has {num_prompt} tokens and max_tokens is {max_tokens}: {total} tokens, more "
+                f"than the KV cache holds ({self.blocks.capacity_tokens})"
+            )
+        return None
 
     def add_item(
         self,
@@ -101,11 +138,13 @@ class LanguageEngine:
         """An encoder's result for one item; an error fails the whole request."""
         seq = self.seqs.get(request_id)
         if seq is None:
-            if request_id not in self._failed:
+            if request_id not in self._ended:
                 self._early_items.setdefault(request_id, []).append(
                     (request_id, index, meta, tensors, error, timestamps)
                 )
             return
+        if not 0 <= index < len(seq.request.items) or index in seq.items or index < seq.prepared_items:
+            return  # a copy of an item already here (re-sent after its encoder was lost), or no such item
         seq.merge_item_timestamps(timestamps)
         if error is not None:
             seq.error = seq.error or f"media item {index}: {error}"
@@ -116,9 +155,10 @@ class LanguageEngine:
     def abort(self, request_id: str) -> None:
         """Stop a request (the frontend saw a stop string, or the client left); its blocks are freed."""
         seq = self.seqs.pop(request_id, None)
+        self._early_items.pop(request_id)
+        self._ended.add(request_id)
         if seq is not None:
             self.scheduler.remove(seq)
-            self._failed.add(request_id)
 
     def _maybe_prepare(self, seq: Sequence) -> None:
         """Build the prompt once every item is here; with ``overlap_encode_prefill``, also each time the
@@ -153,6 +193,10 @@ class LanguageEngine:
             cut = self.side.placeholder_starts(prompt, [r.modality for r in refs[: arrived + 1]])[arrived]
             prompt = prompt[:cut]
         ids, types = self.side.expand(prompt, metas)
+        if complete:
+            problem = self._length_error(len(ids), seq.request.sampling.max_tokens, "with its media tokens")
+            if problem is not None:
+                raise ValueError(problem)
         seq.token_ids = ids.tolist()
         seq.prompt_len = len(seq.token_ids)
         seq.prepared_items = arrived
@@ -210,7 +254,7 @@ class LanguageEngine:
     def _failure(self, seq: Sequence, reason: str) -> RequestOutput:
         self.scheduler.remove(seq)
         self.seqs.pop(seq.id, None)
-        self._failed.add(seq.id)
+        self._ended.add(seq.id)
         return RequestOutput(
             request_id=seq.id, finished=True, finish_reason="error", error=reason, timestamps=seq.timestamps
         )
@@ -231,6 +275,7 @@ class LanguageEngine:
             seq.stamp("finished")
             self.scheduler.remove(seq)
             self.seqs.pop(seq.id, None)
+            self._ended.add(seq.id)
         return RequestOutput(
             request_id=seq.id,
             token_ids=[token],
@@ -244,6 +289,15 @@ class LanguageEngine:
 
 
 _UNHASHED = itertools.count()
+
+
+def _max_positions(hf_config) -> int | None:
+    """The language model's own position limit, read off the (text part of the) HF config."""
+    config = hf_config
+    for part in ("thinker_config", "text_config"):
+        config = getattr(config, part, None) or config
+    config = getattr(config, "text_config", None) or config
+    return getattr(config, "max_position_embeddings", None)
 
 
 def _item_spans(prompt_ids: list[int], metas: list[ItemMeta], side: LanguageSide) -> list[tuple[int, int, str]]:

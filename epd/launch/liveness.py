@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -27,9 +28,15 @@ class HeartbeatThread(threading.Thread):
     given, sends this process SIGTERM as soon as its parent is no longer that process."""
 
     def __init__(
-        self, channel: Channel, addresses: list[str], interval_s: float, parent_pid: int | None = None
+        self,
+        channel: Channel,
+        addresses: list[str],
+        interval_s: float,
+        parent_pid: int | None = None,
+        stats: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         super().__init__(name="epd-heartbeat", daemon=True)
+        self.stats = stats
         self.channel = channel
         self.addresses = list(addresses)
         self.interval_s = interval_s
@@ -50,7 +57,7 @@ class HeartbeatThread(threading.Thread):
                     log.error("the launcher (pid %d) is gone: stopping", self.parent_pid)
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
-                frames = self.channel.frames(Heartbeat())
+                frames = self.channel.frames(Heartbeat(stats=self._stats()))
                 for sock in socks:
                     with contextlib.suppress(zmq.Again):  # a peer not reading: its watcher notices, not us
                         sock.send_multipart(frames, zmq.NOBLOCK)
@@ -58,6 +65,14 @@ class HeartbeatThread(threading.Thread):
         finally:
             for sock in socks:
                 sock.close()
+
+    def _stats(self) -> dict[str, float]:
+        if self.stats is None:
+            return {}
+        try:
+            return self.stats()
+        except Exception:  # figures read while the loop changes them: skip this beat's, never the beat
+            return {}
 
     def stop(self) -> None:
         self._halt.set()

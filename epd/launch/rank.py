@@ -55,7 +55,7 @@ class RankContext:
 
 def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, secret: bytes | None = None) -> int:
     """Serve this rank's roles until the frontend says stop; returns the rank's exit code."""
-    from epd.launch.server import RankServer
+    from epd.launch.server import FrontendLost, RankServer
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if ctx.launcher_pid is not None:
@@ -88,6 +88,9 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, 
     except KeyboardInterrupt:  # Ctrl-C of a job served in this process: the frontend writes the results
         if frontend is None:
             raise
+    except FrontendLost as exc:
+        log.error("%s", exc)
+        return exit_codes.JOB_FAILED
     finally:
         if server is not None:
             server.close()
@@ -95,7 +98,7 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, 
             frontend.send_signal(signal.SIGTERM)  # it finishes its results on SIGTERM; give it the time to
         if frontend is not None:
             code = _wait_frontend(frontend, cfg.launch.shutdown_grace_s * 6)
-        if dist.is_initialized():
+        if served and dist.is_initialized():  # after a failure peers may be gone: the exit frees it
             dist.destroy_process_group()
     return code if frontend is not None else exit_codes.OK
 

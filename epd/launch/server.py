@@ -112,7 +112,9 @@ class RankServer:
         peers = [FRONTEND] + ([rank_name(r) for r in self.cfg.topology.language_ranks] if self.encoder else [])
         self.channel.resolve(peers)  # once, at start-up (waits until the frontend is up)
         frontend_address = self.channel.peer_address(FRONTEND)
-        beat = HeartbeatThread(self.channel, [frontend_address], launch.heartbeat_interval_s, self.ctx.launcher_pid)
+        beat = HeartbeatThread(
+            self.channel, [frontend_address], launch.heartbeat_interval_s, self.ctx.launcher_pid, self.stats
+        )
         beat.start()
         heard = time.monotonic()
         try:
@@ -135,6 +137,17 @@ class RankServer:
                 self._check_frontend(heard)
         finally:
             beat.stop()
+
+    def stats(self) -> dict[str, float]:
+        """This rank's load, sent with every heartbeat (called from the heartbeat thread)."""
+        out = {}
+        if self.language is not None:
+            out.update(self.language.stats())
+        if self.encoder is not None:
+            out.update(self.encoder.stats())
+        out["parked_items"] = float(len(self.parked))
+        out["dropped_messages"] = float(sum(self.channel.dropped.values()))
+        return out
 
     def _check_frontend(self, heard: float) -> None:
         silent = time.monotonic() - heard
@@ -159,8 +172,11 @@ class RankServer:
             self.encoder.add(msg)
         elif isinstance(msg, NewRequest) and self.language is not None:
             self.language.add_request(msg)
-        elif isinstance(msg, Abort) and self.language is not None:
-            self.language.abort(msg.request_id)
+        elif isinstance(msg, Abort) and (self.language is not None or self.encoder is not None):
+            if self.language is not None:
+                self.language.abort(msg.request_id)
+            if self.encoder is not None:
+                self.encoder.abort(msg.request_id)
         elif isinstance(msg, ItemReady) and self.language is not None:
             self._on_item_ready(msg)
         else:  # authentic, but not for this rank's roles

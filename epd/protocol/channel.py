@@ -104,6 +104,11 @@ class Channel:
 
     # ---- receiving ------------------------------------------------------------------------------
 
+    def wake_on(self, sock: zmq.Socket) -> None:
+        """Make ``recv`` return as soon as ``sock`` (e.g. an inproc socket another thread of this
+        process writes to) is readable; its owner drains it."""
+        self._poller.register(sock, zmq.POLLIN)
+
     def recv(self, timeout_ms: int) -> list[tuple[str, AnyMessage]]:
         """(sender, message) of every valid message waiting now, or after up to ``timeout_ms`` if none is."""
         out = []
@@ -141,10 +146,11 @@ class Channel:
             self._logged.add(kind)
             log.warning("%s: dropped a control message (%s) from %s: %s", self.name, kind, peer or "?", detail)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 2000) -> None:
+        """Close every socket, letting queued messages leave for at most ``linger_ms``."""
         for sock in self._out.values():
-            sock.close()
-        self.inbox.close()
+            sock.close(linger=linger_ms)
+        self.inbox.close(linger=0)
         self.ctx.term()
 
 

@@ -112,7 +112,8 @@ class RequestOutput(Message):
 
 
 class Abort(Message):
-    """frontend → language: stop a request now (a stop string matched); its KV blocks are freed."""
+    """frontend → language and encoders: stop a request now (a stop string matched, its client left, its
+    deadline passed, its encoder was lost); its KV blocks are freed and its items not encoded or sent."""
 
     request_id: str
 
@@ -147,7 +148,10 @@ class Shutdown(Message):
 class Heartbeat(Message):
     """any process → its watchers (ranks → frontend, frontend → ranks): still alive. Sent from a
     thread every ``launch.heartbeat_interval_s``, so a busy event loop still beats; a stopped
-    (SIGSTOP) or dead process does not."""
+    (SIGSTOP) or dead process does not. A rank's beat carries its load (``stats``: KV blocks free,
+    sequences waiting and running, encoder queue), which the frontend's metrics and policies read."""
+
+    stats: dict[str, float] = {}
 
 
 class PeerLost(Message):

@@ -85,13 +85,13 @@ class Job:
     def rank_pid(self, rank: int) -> int:
         for pid in self.tree():
             cmd = _cmdline(pid)
-            ours = "epd" in cmd and "frontend" not in cmd and "torch.distributed.run" not in cmd
+            ours = ("-m epd.launch.worker" in cmd or "-m epd.run" in cmd) and "torch.distributed.run" not in cmd
             if ours and _environ(pid).get("RANK") == str(rank):
                 return pid
         raise AssertionError(f"no process of rank {rank}")
 
     def frontend_pid(self) -> int:
-        pids = [p for p in self.tree() if "epd.frontend" in _cmdline(p)]
+        pids = [p for p in self.tree() if "-m epd.frontend" in _cmdline(p)]
         assert pids, "no frontend process"
         return pids[0]
 

@@ -129,7 +129,7 @@ def test_stopped_frontend_stops_the_job(tmp_path, tiny_qwen25vl):
         os.kill(job.frontend_pid(), signal.SIGSTOP)
         assert job.wait(60) == 1
         assert not job.leftovers()
-        assert "the frontend has been silent" in (job.run_dir / "run.log").read_text()
+        assert "the frontend has been silent" in (job.run_dir / "run.log").read_text() + job.output()
     finally:
         job.kill()
 
