@@ -40,20 +40,19 @@ class Tiles:
 
 
 def default_tiles(num_tokens: int, top_k: int, num_experts: int, dtype: torch.dtype) -> tuple[Tiles, Tiles]:
-    """(gate/up tile, down tile) by pairs per expert: decode batches stream weights through thin
-    tiles (16 rows, many column blocks in flight); prefill tiles grow towards 128 x 128."""
+    """(gate/up tile, down tile) by pairs per expert. Up to a few thousand tokens the experts'
+    weights dominate (each expert's pairs should fit one tile, so its weights are read once), and
+    thin tiles put many column blocks in flight; past that the tiles grow towards 128 x 128."""
     per_expert = num_tokens * top_k / num_experts
-    if per_expert <= 4:  # decode up to ~64 tokens: memory-bound, each expert seen by a few pairs
-        up = down = Tiles(16, 64, 128)
-    elif per_expert <= 32:
-        up = down = Tiles(32, 64, 128)
-    elif per_expert <= 256:
-        up = down = Tiles(64, 128, 64, num_warps=4)
+    if per_expert <= 16:  # decode batches up to ~256 tokens at the flagship shape
+        up, down = Tiles(16, 32, 128, num_stages=4), Tiles(16, 64, 128)
+    elif per_expert <= 64:
+        up = down = Tiles(64, 64, 64)
     else:
         up = down = Tiles(128, 128, 64, num_warps=8)
-    if dtype == torch.float32:  # twice the bytes per operand: keep the pipelined stages in shared memory
-        up = replace(up, block_k=min(up.block_k, 64 if up.block_m <= 32 else 32), num_stages=2)
-        down = replace(down, block_k=min(down.block_k, 64 if down.block_m <= 32 else 32), num_stages=2)
+    if dtype == torch.float32:  # full-precision products run on FMAs from registers: small tiles, two stages
+        up, down = (replace(t, block_m=min(t.block_m, 64), block_n=min(t.block_n, 64), block_k=32, num_warps=4,
+                            num_stages=2) for t in (up, down))  # fmt: skip
     return up, down
 
 
@@ -139,7 +138,7 @@ def route_and_sort(
     x: torch.Tensor, gate_weight: torch.Tensor, top_k: int, norm_topk: bool, use_triton: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weights [N, k] float32, counts [E] int32, order [P] int32 pairs grouped by expert).
-    Triton: two launches and a memset, no host sync; else the torch references."""
+    Triton: the router's GEMM, two launches and a memset, no host sync; else the torch references."""
     num_experts = gate_weight.shape[0]
     if not use_triton:
         weights, experts = route_reference(x, gate_weight, top_k, norm_topk)
@@ -148,7 +147,8 @@ def route_and_sort(
     from epd_kernels import moe_triton
 
     scratch = torch.zeros(2, num_experts, dtype=torch.int32, device=x.device)  # counts, tickets
-    weights, experts = moe_triton.route(x, gate_weight, top_k, norm_topk, scratch[0])
+    logits = F.linear(x, gate_weight)  # [N, E] in x's dtype, as transformers' router
+    weights, experts = moe_triton.route(logits, top_k, norm_topk, scratch[0])
     return weights, scratch[0], moe_triton.sort_pairs(experts, scratch[0], scratch[1])
 
 

@@ -1,11 +1,12 @@
 """Triton kernels of the fused mixture of experts (CUDA; ``moe.py`` holds the API and the references).
 
-One layer's routed experts in five launches, none of which waits for the host, so a decode step
-is captured whole in a CUDA graph at any batch size:
+One layer's routed experts in seven launches (the router's GEMM, a memset, four kernels here and
+the sum over k), none of which waits for the host, so a decode step is captured whole in a CUDA
+graph at any batch size:
 
-1. ``_route_kernel``: router logits (fp32 accumulation), softmax over all experts in float32,
-   top-k, renormalised when ``norm_topk_prob``; each program adds its experts' pair counts to
-   ``counts`` (one atomic per expert).
+1. ``_topk_kernel``: from the router logits (cuBLAS, in the activations' dtype as transformers
+   rounds them), softmax over all experts in float32, top-k, renormalised when ``norm_topk_prob``;
+   each program adds its experts' pair counts to ``counts`` (one atomic per expert).
 2. ``_sort_kernel``: every (token, slot) pair's place in expert order: its expert's start (an
    exclusive prefix sum of the counts, recomputed by every program) plus a ticket drawn atomically
    within the expert.
@@ -34,6 +35,7 @@ def max_tiles(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 
 def _precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of ``tl.dot``: ignored for 16-bit operands."""
     # float32 operands: full float32 products (the CUDA-graph oracle compares float32 with transformers)
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -42,22 +44,19 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def route(
-    x: torch.Tensor,  # [N, H]
-    gate_weight: torch.Tensor,  # [E, H]
+    logits: torch.Tensor,  # [N, E] router logits in the activations' dtype (F.linear, as transformers)
     top_k: int,
     norm_topk: bool,
     counts: torch.Tensor,  # [E] int32, zeroed: pairs per expert are added here
 ) -> tuple[torch.Tensor, torch.Tensor]:  # weights [N, k] float32, experts [N, k] int32
-    n, hidden = x.shape
+    n, num_experts = logits.shape
+    weights = torch.empty(n, top_k, dtype=torch.float32, device=logits.device)
+    experts = torch.empty(n, top_k, dtype=torch.int32, device=logits.device)
     block_t = 16 if n <= 4096 else 64
-    num_experts = gate_weight.shape[0]
-    weights = torch.empty(n, top_k, dtype=torch.float32, device=x.device)
-    experts = torch.empty(n, top_k, dtype=torch.int32, device=x.device)
-    e_pad = max(16, triton.next_power_of_2(num_experts))
-    _route_kernel[(triton.cdiv(n, block_t),)](
-        x, gate_weight, weights, experts, counts, n, hidden, num_experts, x.stride(0), gate_weight.stride(0),
-        TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), NORM=norm_topk, E_PAD=e_pad, BLOCK_T=block_t,
-        BLOCK_K=min(64, max(16, triton.next_power_of_2(hidden))), PRECISION=_precision(x.dtype),
+    _topk_kernel[(triton.cdiv(n, block_t),)](
+        logits, weights, experts, counts, n, num_experts, logits.stride(0),
+        TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), NORM=norm_topk,
+        E_PAD=triton.next_power_of_2(num_experts), BLOCK_T=block_t,
     )  # fmt: skip
     return weights, experts
 
@@ -127,27 +126,19 @@ def down_weighted(
 
 
 @triton.jit
-def _route_kernel(
-    x_ptr, w_ptr, weights_ptr, experts_ptr, counts_ptr, N, H, E, stride_x, stride_w,
-    TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM: tl.constexpr, E_PAD: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+def _topk_kernel(
+    logits_ptr, weights_ptr, experts_ptr, counts_ptr, N, E, stride_l,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     row_ok = rows < N
     cols = tl.arange(0, E_PAD)
     col_ok = cols < E
-    logits = tl.zeros((BLOCK_T, E_PAD), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < H
-        a = tl.load(
-            x_ptr + rows[:, None].to(tl.int64) * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0
-        )
-        b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        logits = tl.dot(a, b, logits, input_precision=PRECISION)
-    logits = tl.where(col_ok[None, :], logits, float("-inf"))
+    logits = tl.load(logits_ptr + rows[:, None].to(tl.int64) * stride_l + cols[None, :],
+                     mask=row_ok[:, None] & col_ok[None, :], other=float("-inf")).to(tl.float32)  # fmt: skip
+    logits = tl.where(row_ok[:, None], logits, 0.0)  # rows past N: finite, never stored
     probs = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-    probs = probs / tl.sum(probs, axis=1)[:, None]  # softmax over every expert, as transformers does
+    probs = probs / tl.sum(probs, axis=1)[:, None]  # softmax over every expert in float32, as transformers
     slots = tl.arange(0, K_PAD)
     top = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
     ids = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)

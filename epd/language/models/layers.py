@@ -84,11 +84,14 @@ class MoE(nn.Module):
     used experts, float32-exact. The runner sets it from ``engine.moe_kernel``.
     """
 
-    def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int, norm_topk: bool) -> None:
+    def __init__(
+        self, hidden: int, intermediate: int, num_experts: int, top_k: int, norm_topk: bool, dtype=None
+    ) -> None:
         super().__init__()
         self.gate = nn.Linear(hidden, num_experts, bias=False)
-        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+        # the experts are ~95% of a MoE model: built in the run's dtype (a 30B model never exists in float32)
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden, dtype=dtype))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate, dtype=dtype))
         self.top_k = top_k
         self.norm_topk = norm_topk
         self.kernel = "auto"

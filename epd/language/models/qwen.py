@@ -125,7 +125,7 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec, layer: int, backend: AttentionBackend | None) -> None:
+    def __init__(self, spec: DecoderSpec, layer: int, backend: AttentionBackend | None, expert_dtype=None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.self_attn = Attention(spec, layer, backend)
@@ -137,6 +137,7 @@ class DecoderLayer(nn.Module):
                 spec.num_experts,
                 spec.num_experts_per_tok,
                 spec.norm_topk_prob,
+                expert_dtype,
             )
         else:
             self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size)
@@ -164,12 +165,13 @@ class QwenDecoder(nn.Module):
     (fused ``qkv_proj``, ``gate_up_proj``, ``w13``/``w2``); ``epd.language.models.loader`` maps
     checkpoints onto them."""
 
-    def __init__(self, spec: DecoderSpec, backend: AttentionBackend | None, device=None) -> None:
+    def __init__(self, spec: DecoderSpec, backend: AttentionBackend | None, device=None, expert_dtype=None) -> None:
+        """``expert_dtype``: the routed experts' dtype from the start (the rest is cast by the caller)."""
         super().__init__()
         self.spec = spec
         with torch.device(device or "cpu"):
             self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-            self.layers = nn.ModuleList(DecoderLayer(spec, i, backend) for i in range(spec.num_layers))
+            self.layers = nn.ModuleList(DecoderLayer(spec, i, backend, expert_dtype) for i in range(spec.num_layers))
             self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
             self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
             self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.rope_style, spec.mrope_section)
