@@ -57,7 +57,7 @@ class ModelRunner:
         spec = side.spec
         self.attention = build_attention(cfg.attention, device, spec.head_dim**-0.5, cfg.decode_attention)
         self.model = QwenDecoder(spec, self.attention, device=device, expert_dtype=dtype).to(dtype)
-        self.moe_kernel = resolve_kernel(cfg.moe_kernel, device, dtype)
+        self.moe_kernel = resolve_kernel(cfg.moe_kernel, device, dtype) if spec.num_experts else None
         self.model.set_moe_kernel(self.moe_kernel)
         if tensors is not None:  # weights handed over in memory (benchmarks: the same weights as an HF model)
             load_weights(self.model, tensors)

@@ -9,7 +9,10 @@ GEMMs with SwiGLU, and the weighted sum back in token order.
 - ``triton``: epd's kernels (``moe_triton``): routing, sort, gate/up GEMM with SwiGLU in its
   epilogue, down GEMM scaled by the routing weights; no host sync, any batch in a CUDA graph.
 - ``grouped_mm``: epd's routing and sort, then torch's grouped GEMM (``F.grouped_mm`` in torch
-  >= 2.10, else ``torch._grouped_mm``): bfloat16 only on CUDA (sm80+), any float on CPU.
+  >= 2.10, else ``torch._grouped_mm``; torch 2.14 here and 2.11 on the GPU machine have both):
+  [P, K] rows times ``w.transpose(1, 2)`` [E, K, N] with int32 group ends ``offs``. On CUDA its
+  CUTLASS path (no host sync) takes bfloat16 on sm90/sm100 only; other dtypes fall back to a host
+  loop over the groups, so the engine refuses them. On CPU any float (tests).
 
 Weights: ``gate_weight`` [E, H] (the router), ``w13`` [E, 2I, H] (gate rows then up rows:
 transformers 5's ``gate_up_proj``), ``w2`` [E, H, I]. Routing is transformers' Qwen3-MoE router:
@@ -118,16 +121,14 @@ def sort_reference(experts: torch.Tensor, num_experts: int) -> tuple[torch.Tenso
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's grouped GEMM runs here: bfloat16 on CUDA sm80+ (Hopper before torch 2.9), any float on CPU."""
-    fn = _grouped_mm_fn()
-    if fn is None:
+    """Whether torch's grouped GEMM runs here without the host: on CUDA only bfloat16 on Hopper or
+    Blackwell takes its CUTLASS path (other dtypes and GPUs loop over the groups on the host, which a
+    CUDA graph cannot hold); on CPU any float (tests)."""
+    if _grouped_mm_fn() is None:
         return False
     if device.type != "cuda":
         return True
-    major, minor = torch.cuda.get_device_capability(device)
-    if hasattr(F, "grouped_mm") or tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 9):
-        return dtype == torch.bfloat16 and major >= 8
-    return dtype == torch.bfloat16 and major == 9
+    return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
 
 
 def _grouped_mm_fn():
@@ -138,7 +139,8 @@ def route_and_sort(
     x: torch.Tensor, gate_weight: torch.Tensor, top_k: int, norm_topk: bool, use_triton: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weights [N, k] float32, counts [E] int32, order [P] int32 pairs grouped by expert).
-    Triton: the router's GEMM, two launches and a memset, no host sync; else the torch references."""
+    Triton: the router's GEMM, then one launch (up to ``SMALL_BATCH`` tokens) or a memset and two,
+    no host sync; else the torch references."""
     num_experts = gate_weight.shape[0]
     if not use_triton:
         weights, experts = route_reference(x, gate_weight, top_k, norm_topk)
@@ -146,8 +148,10 @@ def route_and_sort(
         return weights, counts, order
     from epd_kernels import moe_triton
 
-    scratch = torch.zeros(2, num_experts, dtype=torch.int32, device=x.device)  # counts, tickets
     logits = F.linear(x, gate_weight)  # [N, E] in x's dtype, as transformers' router
+    if x.shape[0] <= moe_triton.SMALL_BATCH:
+        return moe_triton.route_and_sort_small(logits, top_k, norm_topk)
+    scratch = torch.zeros(2, num_experts, dtype=torch.int32, device=x.device)  # counts, tickets
     weights, experts = moe_triton.route(logits, top_k, norm_topk, scratch[0])
     return weights, scratch[0], moe_triton.sort_pairs(experts, scratch[0], scratch[1])
 
@@ -200,7 +204,7 @@ def _experts_grouped_mm(x, weights, counts, order, w13, w2, top_k) -> torch.Tens
     ends = torch.cumsum(counts, 0, dtype=torch.int32)  # [E] each expert's end row
     gate_up = grouped_mm(x.index_select(0, rows // top_k), w13.transpose(1, 2), offs=ends)  # [P, 2I]
     y = grouped_mm(silu_mul(gate_up), w2.transpose(1, 2), offs=ends)  # [P, H] in expert order
-    pairs = torch.empty_like(y)
+    pairs = torch.empty(y.shape, dtype=y.dtype, device=y.device)  # y's rows may be padded for TMA
     pairs[rows] = (y.float() * weights.flatten()[rows, None]).to(y.dtype)
     return pairs
 
@@ -216,7 +220,7 @@ def resolve_kernel(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return "triton"
     if name == "grouped_mm" and not grouped_mm_available(device, dtype):
         raise ValueError(
-            f"engine.moe_kernel=grouped_mm needs torch's grouped GEMM in bfloat16 on a CUDA sm80+ GPU "
+            f"engine.moe_kernel=grouped_mm needs torch's grouped GEMM in bfloat16 on a Hopper/Blackwell GPU "
             f"(this run: {dtype}, torch {torch.__version__}); use engine.moe_kernel=triton"
         )
     return name

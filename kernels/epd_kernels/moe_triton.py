@@ -43,6 +43,10 @@ def _precision(dtype: torch.dtype) -> str:
 # ---- launches --------------------------------------------------------------------------------------
 
 
+SMALL_BATCH = 32
+"""Up to this many tokens one program routes and sorts (``route_and_sort_small``): two launches fewer."""
+
+
 def route(
     logits: torch.Tensor,  # [N, E] router logits in the activations' dtype (F.linear, as transformers)
     top_k: int,
@@ -59,6 +63,27 @@ def route(
         E_PAD=triton.next_power_of_2(num_experts), BLOCK_T=block_t,
     )  # fmt: skip
     return weights, experts
+
+
+def route_and_sort_small(
+    logits: torch.Tensor, top_k: int, norm_topk: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # weights [N, k] float32, counts [E], order [P] int32
+    """``route`` then ``sort_pairs`` in one program, for at most ``SMALL_BATCH`` tokens (decode steps)."""
+    n, num_experts = logits.shape
+    assert n <= SMALL_BATCH
+    dev = logits.device
+    e_pad = triton.next_power_of_2(num_experts)
+    weights = torch.empty(n, top_k, dtype=torch.float32, device=dev)
+    experts = torch.empty(n, top_k, dtype=torch.int32, device=dev)
+    counts = torch.empty(num_experts, dtype=torch.int32, device=dev)
+    scratch = torch.empty(2 * e_pad, dtype=torch.int32, device=dev)
+    order = torch.empty(n * top_k, dtype=torch.int32, device=dev)
+    _route_sort_kernel[(1,)](
+        logits, weights, experts, counts, scratch, order, n, num_experts, logits.stride(0),
+        TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), NORM=norm_topk, E_PAD=e_pad,
+        BLOCK_T=max(16, triton.next_power_of_2(n)),
+    )  # fmt: skip
+    return weights, counts, order
 
 
 def sort_pairs(experts: torch.Tensor, counts: torch.Tensor, tickets: torch.Tensor) -> torch.Tensor:
@@ -126,11 +151,11 @@ def down_weighted(
 
 
 @triton.jit
-def _topk_kernel(
-    logits_ptr, weights_ptr, experts_ptr, counts_ptr, N, E, stride_l,
+def _softmax_topk(
+    logits_ptr, weights_ptr, experts_ptr, rows, N, E, stride_l,
     TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    """Top-k of ``rows``' softmax, stored; returns (experts [T, K_PAD], valid slots, pairs per expert [E_PAD])."""
     row_ok = rows < N
     cols = tl.arange(0, E_PAD)
     col_ok = cols < E
@@ -153,8 +178,40 @@ def _topk_kernel(
     keep = row_ok[:, None] & (slots[None, :] < TOP_K)
     tl.store(weights_ptr + out, top, mask=keep)
     tl.store(experts_ptr + out, ids, mask=keep)
-    chosen = tl.sum(((probs == -1.0) & row_ok[:, None]).to(tl.int32), axis=0)  # [E_PAD] pairs per expert
-    tl.atomic_add(counts_ptr + cols, chosen, mask=col_ok & (chosen > 0))
+    chosen = tl.sum(((probs == -1.0) & row_ok[:, None]).to(tl.int32), axis=0)
+    return ids, keep, chosen
+
+
+@triton.jit
+def _topk_kernel(
+    logits_ptr, weights_ptr, experts_ptr, counts_ptr, N, E, stride_l,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    _, _, chosen = _softmax_topk(logits_ptr, weights_ptr, experts_ptr, rows, N, E, stride_l,
+                                 TOP_K, K_PAD, NORM, E_PAD, BLOCK_T)  # fmt: skip
+    cols = tl.arange(0, E_PAD)
+    tl.atomic_add(counts_ptr + cols, chosen, mask=(cols < E) & (chosen > 0))
+
+
+@triton.jit
+def _route_sort_kernel(
+    logits_ptr, weights_ptr, experts_ptr, counts_ptr, scratch_ptr, order_ptr, N, E, stride_l,
+    TOP_K: tl.constexpr, K_PAD: tl.constexpr, NORM: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """One program for a small batch: top-k, counts and the expert order, with no memset before it."""
+    rows = tl.arange(0, BLOCK_T)
+    ids, keep, chosen = _softmax_topk(logits_ptr, weights_ptr, experts_ptr, rows, N, E, stride_l,
+                                      TOP_K, K_PAD, NORM, E_PAD, BLOCK_T)  # fmt: skip
+    cols = tl.arange(0, E_PAD)
+    tl.store(counts_ptr + cols, chosen, mask=cols < E)
+    tl.store(scratch_ptr + cols, tl.cumsum(chosen, 0) - chosen)  # each expert's first row
+    tl.store(scratch_ptr + E_PAD + cols, tl.zeros_like(chosen))  # tickets
+    tl.debug_barrier()  # the block's own stores are read back below
+    start = tl.load(scratch_ptr + ids, mask=keep, other=0)
+    ticket = tl.atomic_add(scratch_ptr + E_PAD + ids, 1, mask=keep)
+    pairs = rows[:, None] * TOP_K + tl.arange(0, K_PAD)[None, :]
+    tl.store(order_ptr + start + ticket, pairs, mask=keep)
 
 
 @triton.jit

@@ -93,3 +93,40 @@ def test_gpu_float32_graphs_past_16(moe_setup, references):
     torch.cuda.empty_cache()
     assert max(replayed) > 16, f"decode batches replayed: {sorted(set(replayed))}"
     assert tokens == references
+
+
+def test_expert_layouts_load_alike(moe_setup):
+    """Per-expert tensors (released Qwen3-VL-MoE / Omni checkpoints), transformers 5's fused 3-D
+    tensors and the hub's transposed fused ones all stack into the same ``w13`` / ``w2``."""
+    from epd.language.models import QwenDecoder
+    from epd.language.models.loader import checkpoint_tensors, load_weights
+
+    side = moe_setup[0]
+    fused = dict(checkpoint_tensors(cached_tiny("qwen3_vl_moe"), CPU))
+    per_expert, transposed = {}, {}
+    for name, t in fused.items():
+        if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2I, H]
+            gate, up = t.chunk(2, dim=1)
+            for e in range(t.shape[0]):
+                per_expert[name.replace("gate_up_proj", f"{e}.gate_proj.weight")] = gate[e]
+                per_expert[name.replace("gate_up_proj", f"{e}.up_proj.weight")] = up[e]
+            transposed[name] = t  # square at the tiny size (H = 2I): stays as transformers wrote it
+        elif name.endswith("mlp.experts.down_proj"):  # [E, H, I]
+            for e in range(t.shape[0]):
+                per_expert[name.replace("down_proj", f"{e}.down_proj.weight")] = t[e]
+            transposed[name] = t.transpose(1, 2).contiguous()  # the hub's [E, I, H]
+        else:
+            per_expert[name] = transposed[name] = t
+    models = []
+    for tensors in (fused, per_expert, transposed):
+        model = QwenDecoder(side.spec, None)
+        load_weights(model, tensors.items())
+        models.append(dict(model.named_parameters()))
+    for name, want in models[0].items():
+        assert all(torch.equal(m[name], want) for m in models[1:]), name
+    assert not torch.equal(models[0]["layers.0.mlp.w2"][0], models[0]["layers.0.mlp.w2"][1])
+
+
+def test_moe_kernel_knob_is_checked():
+    with pytest.raises(ValueError, match="engine.moe_kernel"):
+        EngineConfig(moe_kernel="cutlass")

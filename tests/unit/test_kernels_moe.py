@@ -127,6 +127,15 @@ def check_interpreted_cases() -> None:
             assert rel_err(got, want) < 1e-5, (n, tiles, rel_err(got, want))
         got = moe.fused_moe(x, gate, w13, w2, top_k, norm, kernel="grouped_mm", triton_routing=True)
         assert rel_err(got, want) < 1e-5, (n, "grouped_mm")
+    # one program routes and sorts small batches (decode steps)
+    for n, top_k, num_experts in ((1, 2, 8), (7, 3, 6), (32, 8, 128)):
+        x, gate, _, _ = make_case(n, 64, 32, num_experts, seed=n)
+        weights, experts = moe.route_reference(x, gate, top_k, True)
+        got_w, counts, order = moe_triton.route_and_sort_small(torch.nn.functional.linear(x, gate), top_k, True)
+        assert rel_err(got_w, weights) < 1e-6
+        assert torch.equal(counts, torch.bincount(experts.flatten(), minlength=num_experts).int())
+        assert torch.equal(order.sort().values, torch.arange(n * top_k, dtype=torch.int32)), "not a permutation"
+        assert (experts.flatten()[order.long()].diff() >= 0).all(), "not grouped by expert"
     # hand-made routing: every pair of every token on expert 3 of 8 (the other experts see nothing)
     x, _, w13, w2 = make_case(19, 64, 32, 8, seed=9)
     experts = torch.full((19, 1), 3, dtype=torch.int32)

@@ -176,7 +176,7 @@ class QwenDecoder(nn.Module):
             self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
             self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.rope_style, spec.mrope_section)
 
-    def set_moe_kernel(self, kernel: str) -> None:
+    def set_moe_kernel(self, kernel: str | None) -> None:
         """The routed experts' kernel on CUDA (``epd_kernels.moe``: ``triton``, ``grouped_mm``, ``reference``)."""
         for module in self.modules():
             if isinstance(module, MoE):
