@@ -130,3 +130,16 @@ def test_expert_layouts_load_alike(moe_setup):
 def test_moe_kernel_knob_is_checked():
     with pytest.raises(ValueError, match="engine.moe_kernel"):
         EngineConfig(moe_kernel="cutlass")
+
+
+def test_moe_bench_smoke(capsys):
+    """``python -m epd.bench.engine --model qwen3_moe --smoke`` on CPU: labelled, and epd's float32
+    tokens equal transformers' in its correctness table."""
+    from epd.bench.engine_moe import run_moe
+
+    run_moe(smoke=True)
+    out = capsys.readouterr().out
+    assert "SMOKE RUN (tiny shape), cpu, float32" in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and " tokens |" in line]
+    assert len(rows) == 2 and all(row.split("|")[2].strip() == "16/16" for row in rows), rows
+    assert "| prefill 256 |" in out and "| decode b32 |" in out
