@@ -135,7 +135,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="merge,towers,rope,moe", help="comma-separated: merge, towers, rope, moe")
+    parser.add_argument("--only", default="merge,towers,rope", help="comma-separated: merge, towers, rope, moe")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and ceilings here")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of the auto tower")
