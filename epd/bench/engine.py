@@ -3,6 +3,7 @@
     python -m epd.bench.engine                 # GPU: Qwen2.5-7B shape, random weights, bf16
     python -m epd.bench.engine --smoke         # a smoke run: a narrow 2-layer model, short sequences;
                                                # the only mode on CPU (float32; times are not benchmarks)
+    python -m epd.bench.engine --model qwen3_moe [--smoke]   # the MoE flagship shape (engine_moe.py)
 
 Rows: decode time per output token at batch 1 and 32, prefill of 16k tokens, most concurrent
 sequences at 8k context. Floors are measured in the same run: a large device-to-device copy gives
@@ -149,25 +150,25 @@ def hf_generate(model, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
         )
 
 
-def hf_tpot(model, batch: int, prompt: int, new: int, device) -> float:
-    ids = torch.randint(0, 150000, (batch, prompt), device=device)
+def hf_tpot(model, batch: int, prompt: int, new: int, device, vocab: int = 150000) -> float:
+    ids = torch.randint(0, vocab, (batch, prompt), device=device)
     t1 = min(sync_time(lambda: hf_generate(model, ids, 1), device) for _ in range(2))
     tn = min(sync_time(lambda: hf_generate(model, ids, new + 1), device) for _ in range(2))
     return (tn - t1) / new
 
 
-def hf_prefill(model, tokens: int, device) -> float:
-    ids = torch.randint(0, 150000, (1, tokens), device=device)
+def hf_prefill(model, tokens: int, device, vocab: int = 150000) -> float:
+    ids = torch.randint(0, vocab, (1, tokens), device=device)
     hf_generate(model, ids, 1)
     return statistics.median(sync_time(lambda: hf_generate(model, ids, 1), device) for _ in range(3))
 
 
-def hf_max_concurrent(model, context: int, device, budget: float) -> float:
+def hf_max_concurrent(model, context: int, device, budget: float, vocab: int = 150000) -> float:
     """Sequences of ``context`` tokens one ``generate`` batch holds: the peak memory of batches of 1
     and 2 extrapolated to ``budget`` bytes (transformers keeps no paged cache)."""
     peaks = []
     for batch in (1, 2):
-        ids = torch.randint(0, 150000, (batch, context), device=device)
+        ids = torch.randint(0, vocab, (batch, context), device=device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         hf_generate(model, ids, 2)
@@ -201,19 +202,19 @@ def epd_run(engine: LanguageEngine, prompts: list[list[int]], new: int) -> tuple
     return tokens, times
 
 
-def epd_tpot(engine: LanguageEngine, batch: int, prompt: int, new: int) -> float:
-    prompts = [torch.randint(0, 150000, (prompt,)).tolist() for _ in range(batch)]
+def epd_tpot(engine: LanguageEngine, batch: int, prompt: int, new: int, vocab: int = 150000) -> float:
+    prompts = [torch.randint(0, vocab, (prompt,)).tolist() for _ in range(batch)]
     epd_run(engine, prompts, 4)  # warm
     _, times = epd_run(engine, prompts, new + 1)
     return statistics.median(times[1:])  # every step after the prefill step decodes the whole batch
 
 
-def epd_prefill(engine: LanguageEngine, tokens: int) -> float:
-    prompts = [torch.randint(0, 150000, (tokens,)).tolist()]
+def epd_prefill(engine: LanguageEngine, tokens: int, vocab: int = 150000) -> float:
+    prompts = [torch.randint(0, vocab, (tokens,)).tolist()]
     epd_run(engine, prompts, 1)
     runs = []
     for _ in range(3):
-        prompts = [torch.randint(0, 150000, (tokens,)).tolist()]  # fresh ids: no prefix-cache hit
+        prompts = [torch.randint(0, vocab, (tokens,)).tolist()]  # fresh ids: no prefix-cache hit
         _, times = epd_run(engine, prompts, 1)
         runs.append(sum(times))
     return statistics.median(runs)
@@ -285,7 +286,17 @@ def main(argv: list[str] | None = None) -> None:
         "--smoke", "--quick", action="store_true", help="smoke run: 2 narrow layers, short sequences (needed on CPU)"
     )
     parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
+    parser.add_argument(
+        "--model",
+        choices=("qwen2_5_7b", "qwen3_moe"),
+        default="qwen2_5_7b",
+        help="qwen3_moe: the Qwen3-VL-30B-A3B / Qwen3-Omni-30B-A3B language model (epd.bench.engine_moe)",
+    )
     args = parser.parse_args(argv)
+    if args.model == "qwen3_moe":
+        from epd.bench.engine_moe import run_moe
+
+        return run_moe(smoke=args.smoke, layers=args.layers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
         parser.exit(

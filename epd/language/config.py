@@ -30,6 +30,9 @@ class EngineConfig:
     """``torch`` (per-sequence SDPA, the reference), ``cuda`` (varlen flash prefill + paged decode), ``auto``."""
     decode_attention: str = "triton"
     """Paged decode kernel on GPU: ``triton`` (epd's kernel) or ``flash`` (torch's varlen_attn over the block table)."""
+    moe_kernel: str = "auto"
+    """Routed experts on GPU (``epd_kernels.moe``): ``triton`` (epd's fused kernels; ``auto``), ``grouped_mm``
+    (torch's grouped GEMM, bfloat16) or ``reference`` (a loop over the used experts: eager only, no graphs)."""
     cuda_graphs: bool = True
     """Capture decode steps in CUDA graphs (GPU only)."""
     graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128])
@@ -51,6 +54,10 @@ class EngineConfig:
             raise ValueError(f"engine.attention={self.attention!r}: choose auto, torch or cuda")
         if self.decode_attention not in ("triton", "flash"):
             raise ValueError(f"engine.decode_attention={self.decode_attention!r}: choose triton or flash")
+        from epd_kernels.moe import MOE_KERNELS
+
+        if self.moe_kernel not in MOE_KERNELS:
+            raise ValueError(f"engine.moe_kernel={self.moe_kernel!r}: choose {', '.join(MOE_KERNELS)}")
         if any(b < 1 for b in self.graph_batch_sizes):
             raise ValueError("engine.graph_batch_sizes must be positive")
         from epd.language.policies import ADMISSION_POLICIES

@@ -24,15 +24,12 @@ from epd.language.sampler import sample
 from epd.language.scheduler import Batch
 from epd.language.sequence import Sequence
 from epd.models import LanguageSide
+from epd_kernels.moe import resolve_kernel
 
 log = logging.getLogger("epd.language")
 
 CPU_KV_TOKENS = 32768
 """KV capacity on CPU when ``engine.kv_tokens`` is unset (CPU runs are tests and tiny models)."""
-
-MOE_GRAPH_MAX_BATCH = 16
-"""Largest decode batch captured for MoE models: inside a graph the experts run gathered per token
-(no host sync), which reads k expert matrices per token; larger batches run eagerly, grouped."""
 
 
 @dataclass
@@ -59,7 +56,9 @@ class ModelRunner:
         self.dtype = dtype
         spec = side.spec
         self.attention = build_attention(cfg.attention, device, spec.head_dim**-0.5, cfg.decode_attention)
-        self.model = QwenDecoder(spec, self.attention, device=device).to(dtype)
+        self.model = QwenDecoder(spec, self.attention, device=device, expert_dtype=dtype).to(dtype)
+        self.moe_kernel = resolve_kernel(cfg.moe_kernel, device, dtype) if spec.num_experts else None
+        self.model.set_moe_kernel(self.moe_kernel)
         if tensors is not None:  # weights handed over in memory (benchmarks: the same weights as an HF model)
             load_weights(self.model, tensors)
         elif side.weights is None:
@@ -299,8 +298,9 @@ class ModelRunner:
         if not (self.cfg.cuda_graphs and self.device.type == "cuda" and self.attention.supports_graphs):
             return
         sizes = sorted({b for b in self.cfg.graph_batch_sizes if b <= self.cfg.max_num_seqs})
-        if self.model.spec.num_experts:  # captured MoE gathers each token's experts: keep the batches small
-            sizes = [b for b in sizes if b <= MOE_GRAPH_MAX_BATCH]
+        if self.model.spec.num_experts and self.moe_kernel == "reference":  # the loop reads counts on the host
+            log.warning("engine.moe_kernel=reference runs the experts eagerly: no decode CUDA graphs")
+            return
         if not sizes:
             return
         top, dev = sizes[-1], self.device

@@ -34,9 +34,12 @@ def greedy_generation_config(tokenizer: Any, special_tokens: tuple[str, ...], eo
     )
 
 
-def save_shape(out_dir: Path, processor: Any, config: Any, generation_config: GenerationConfig, arch: str) -> None:
-    """A weightless checkpoint: processor files, config.json naming ``arch``, generation_config.json."""
-    save_processor(processor, out_dir)
+def save_shape(
+    out_dir: Path, processor: Any, config: Any, generation_config: GenerationConfig, arch: str, standalone: bool = True
+) -> None:
+    """A weightless checkpoint: processor files (``standalone``: see ``save_processor``), config.json
+    naming ``arch``, generation_config.json."""
+    save_processor(processor, out_dir, standalone)
     config.architectures = [arch]
     config.save_pretrained(out_dir)
     generation_config.save_pretrained(out_dir)

@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from epd.tiny.chat_template import chatml_template
-from epd.tiny.files import greedy_generation_config
+from epd.tiny.files import greedy_generation_config, save_shape
 from epd.tiny.qwen2_5_vl import SPECIAL_TOKENS as QWEN_VL_SPECIAL_TOKENS
 from epd.tiny.qwen3_vl import IMAGE_MAX_PIXELS, IMAGE_MEAN, IMAGE_MIN_PIXELS, IMAGE_STD, TINY_MOE
 from epd.tiny.tokenizer import padded_vocab_size, qwen_tokenizer, special_token_ids
@@ -88,6 +88,67 @@ VIDEO_MIN_PIXELS = 4 * 32 * 32
 VIDEO_MAX_PIXELS = 16 * 32 * 32
 VIDEO_SIZE = {"shortest_edge": VIDEO_MIN_PIXELS, "longest_edge": VIDEO_MAX_PIXELS}
 
+# Released Qwen3-Omni-30B-A3B preprocessor_config.json: images from 3136 to 12845056 pixels (patch
+# 16, merge 2: 4 to 12544 tokens); videos take the Omni processor's own 128..768 tokens per grid.
+REAL_IMAGE_MIN_PIXELS = 3136
+REAL_IMAGE_MAX_PIXELS = 12845056
+REAL_VIDEO_SIZE = {"shortest_edge": 128 * 32 * 32, "longest_edge": 768 * 32 * 32}
+
+# Published sizes of the Qwen3-Omni-30B-A3B-Instruct thinker (config.json at revision 26291f79,
+# as extracted in qwen3-omni-pretrain's config contract; transformers' Qwen3OmniMoe*Config docs give
+# the same audio and vision numbers): a Qwen3-MoE text model like Qwen3-VL-30B-A3B's (48 layers,
+# 128 experts of width 768, 8 active) with vocab 152064 and rope theta 1e6, the Qwen3-VL vision
+# tower to hidden 2048, and a 32-layer audio encoder of width 1280.
+REAL_SHAPES = {
+    "30b": {
+        "text": {
+            "vocab_size": 152064,
+            "hidden_size": 2048,
+            "intermediate_size": 768,  # no dense layer uses it: every layer is sparse
+            "num_hidden_layers": 48,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "max_position_embeddings": 65536,
+            "num_experts": 128,
+            "num_experts_per_tok": 8,
+            "moe_intermediate_size": 768,
+            "decoder_sparse_step": 1,
+            "norm_topk_prob": True,
+            "mlp_only_layers": [],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [24, 20, 20],
+                "interleaved": True,
+            },
+        },
+        "vision": {
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "patch_size": 16,
+            "out_hidden_size": 2048,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [8, 16, 24],
+        },
+        "audio": {
+            "d_model": 1280,
+            "encoder_layers": 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "num_mel_bins": 128,
+            "n_window": 50,
+            "n_window_infer": 800,
+            "conv_chunksize": 500,
+            "downsample_hidden_size": 480,
+            "output_dim": 2048,
+            "max_source_positions": 1500,
+        },
+    },
+}
+
 
 def build_tokenizer() -> Qwen2Tokenizer:
     """The tiny Qwen2 tokenizer with the Qwen3-Omni special tokens, named tokens and chat template."""
@@ -96,19 +157,22 @@ def build_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeProcessor:
-    """Processor with real Qwen3-Omni sub-processors and small pixel budgets."""
+def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qwen3OmniMoeProcessor:
+    """Processor with real Qwen3-Omni sub-processors and small pixel budgets (unless ``real_budgets``)."""
+    image_min, image_max = (
+        (REAL_IMAGE_MIN_PIXELS, REAL_IMAGE_MAX_PIXELS) if real_budgets else (IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS)
+    )
     image_processor = Qwen2VLImageProcessor(
         patch_size=16,
         image_mean=IMAGE_MEAN,
         image_std=IMAGE_STD,
-        size={"shortest_edge": IMAGE_MIN_PIXELS, "longest_edge": IMAGE_MAX_PIXELS},
+        size={"shortest_edge": image_min, "longest_edge": image_max},
     )
     video_processor = Qwen2VLVideoProcessor(
         patch_size=16,
         image_mean=IMAGE_MEAN,
         image_std=IMAGE_STD,
-        size=dict(VIDEO_SIZE),
+        size=dict(REAL_VIDEO_SIZE if real_budgets else VIDEO_SIZE),
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
@@ -128,8 +192,9 @@ def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeProcessor:
     )
 
 
-def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeConfig:
-    """Qwen3-Omni config (thinker only) whose token ids match ``tokenizer``."""
+def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None) -> Qwen3OmniMoeConfig:
+    """Qwen3-Omni config (thinker only) whose token ids match ``tokenizer``: tiny sizes, or a released
+    ``shape`` (``REAL_SHAPES``)."""
     ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
     text_config: dict[str, Any] = {
         "vocab_size": padded_vocab_size(len(tokenizer)),
@@ -176,6 +241,12 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeConfig:
         "downsample_hidden_size": 32,
         "output_dim": 64,  # = text hidden
     }
+    if shape is not None:
+        if shape not in REAL_SHAPES:
+            raise ValueError(f"unknown Qwen3-Omni shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
+        text_config.update(REAL_SHAPES[shape]["text"])
+        vision_config.update(REAL_SHAPES[shape]["vision"])
+        audio_config.update(REAL_SHAPES[shape]["audio"])
     thinker_config: dict[str, Any] = {
         "text_config": text_config,
         "vision_config": vision_config,
@@ -199,7 +270,7 @@ def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeConfig:
         tts_pad_token_id=ids["<tts_pad>"],
         tts_bos_token_id=ids["<tts_text_bos>"],
         tts_eos_token_id=ids["<tts_text_eod>"],
-        dtype="float32",
+        dtype="float32" if shape is None else "bfloat16",
     )
 
 
@@ -221,8 +292,22 @@ def write(out_dir: Path, seed: int) -> None:
 
 
 def write_shape(out_dir: Path, shape: str) -> None:
-    """No released Qwen3-Omni shape is registered; always raises ``ValueError``."""
-    raise ValueError(f"unknown Qwen3-Omni shape {shape!r}; no released shapes are registered")
+    """A weightless Qwen3-Omni (thinker) checkpoint of a released size (``30b``): real config dims and
+    pixel budgets, the tiny tokenizer. Serves ``model=qwen3_omni model.random_init=true`` runs."""
+    if shape not in REAL_SHAPES:
+        raise ValueError(f"unknown Qwen3-Omni shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
+    tokenizer = build_tokenizer()
+    generation_config = build_generation_config(tokenizer)
+    config = build_config(tokenizer, shape)
+    # processor_config.json only (see ``write``), then config.json and generation_config.json
+    save_shape(
+        out_dir,
+        build_processor(tokenizer, real_budgets=True),
+        config,
+        generation_config,
+        "Qwen3OmniMoeForConditionalGeneration",
+        standalone=False,
+    )
 
 
 def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:

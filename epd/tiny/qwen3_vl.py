@@ -93,6 +93,37 @@ REAL_SHAPES = {
     },
 }
 
+# Published sizes of Qwen3-VL-30B-A3B-Instruct (config.json; the same numbers in Megatron-Bridge's
+# Qwen3-VL-30B-A3B training arguments): a Qwen3-MoE text model of 48 sparse layers (128 experts of
+# width 768, 8 active, renormalised top-k) and the 8B's vision tower projecting to hidden 2048.
+REAL_MOE_SHAPES = {
+    "30b": {
+        "text": {
+            "vocab_size": 151936,
+            "hidden_size": 2048,
+            "intermediate_size": 6144,  # no dense layer uses it: every layer is sparse
+            "num_hidden_layers": 48,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "max_position_embeddings": 262144,
+            "num_experts": 128,
+            "num_experts_per_tok": 8,
+            "moe_intermediate_size": 768,
+            "decoder_sparse_step": 1,
+            "norm_topk_prob": True,
+            "mlp_only_layers": [],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        },
+        "vision": {**REAL_SHAPES["8b"]["vision"], "out_hidden_size": 2048},
+    },
+}
+
 # MoE text sizes (Qwen3-VL-30B-A3B layout, toy counts).
 TINY_MOE = {
     "num_experts": 4,
@@ -138,7 +169,7 @@ def build_processor(tokenizer: Qwen2Tokenizer, real_budgets: bool = False) -> Qw
 
 def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None, moe: bool = False) -> PreTrainedConfig:
     """Qwen3-VL (``moe=False``) or Qwen3-VL-MoE config whose token ids match ``tokenizer``: tiny
-    sizes, or a released ``shape`` (dense only)."""
+    sizes, or a released ``shape`` (``REAL_SHAPES``, ``REAL_MOE_SHAPES``)."""
     ids = special_token_ids(tokenizer.backend_tokenizer, SPECIAL_TOKENS)
     text_config: dict[str, Any] = {
         "vocab_size": padded_vocab_size(len(tokenizer)),
@@ -177,10 +208,11 @@ def build_config(tokenizer: Qwen2Tokenizer, shape: str | None = None, moe: bool 
     if moe:
         text_config.update(TINY_MOE)
     if shape is not None:
-        if moe or shape not in REAL_SHAPES:
-            raise ValueError(f"unknown Qwen3-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
-        text_config.update(REAL_SHAPES[shape]["text"])
-        vision_config.update(REAL_SHAPES[shape]["vision"])
+        shapes = _shapes(moe)
+        if shape not in shapes:
+            raise ValueError(f"unknown Qwen3-VL{'-MoE' * moe} shape {shape!r}; known: {', '.join(sorted(shapes))}")
+        text_config.update(shapes[shape]["text"])
+        vision_config.update(shapes[shape]["vision"])
     config_class = Qwen3VLMoeConfig if moe else Qwen3VLConfig
     return config_class(
         text_config=text_config,
@@ -211,20 +243,25 @@ def write(out_dir: Path, seed: int) -> None:
     write_family(out_dir, seed, moe=False)
 
 
-def write_shape(out_dir: Path, shape: str) -> None:
+def write_shape(out_dir: Path, shape: str, moe: bool = False) -> None:
     """A weightless checkpoint of a released size: real config dims and pixel budgets, the tiny
     tokenizer (special-token ids remapped into it). Serves ``model.random_init=true`` runs."""
-    if shape not in REAL_SHAPES:
-        raise ValueError(f"unknown Qwen3-VL shape {shape!r}; known: {', '.join(sorted(REAL_SHAPES))}")
+    shapes = _shapes(moe)
+    if shape not in shapes:
+        raise ValueError(f"unknown Qwen3-VL{'-MoE' * moe} shape {shape!r}; known: {', '.join(sorted(shapes))}")
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer, real_budgets=True)
     save_shape(
         out_dir,
         processor,
-        build_config(tokenizer, shape),
+        build_config(tokenizer, shape, moe=moe),
         build_generation_config(tokenizer),
-        "Qwen3VLForConditionalGeneration",
+        "Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration",
     )
+
+
+def _shapes(moe: bool) -> dict[str, dict[str, dict[str, Any]]]:
+    return REAL_MOE_SHAPES if moe else REAL_SHAPES
 
 
 def build_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:

@@ -1,4 +1,4 @@
-"""epd's kernel microbenchmarks: ``python -m epd_kernels.bench [--only merge,towers,rope] [--json out.json]``.
+"""epd's kernel microbenchmarks: ``python -m epd_kernels.bench [--only merge,towers,rope,moe] [--json out.json]``.
 
 Per kernel: the median time, the speed-up over transformers' path (and epd's own reference where
 that differs), and the fraction of the hardware floor reached (floor time / time; 1.0 = at the
@@ -124,6 +124,8 @@ def format_table(rows: list[dict]) -> str:
             note.append(f"transformers {r['baseline_ms']:.2f} ms")
         if "equal" in r:
             note.append("equal to transformers" if r["equal"] else "DIFFERS from transformers")
+        if "note" in r:
+            note.append(r["note"])
         lines.append(
             f"| {r['kernel']} | {r['variant']} | {r['ms']:.3f} | {r['vs_baseline']:.2f} | {r['floor_ms']:.3f} "
             f"| {r['floor_ms'] / r['ms']:.2f} | {'; '.join(note)} |"
@@ -138,11 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         default="merge,towers,rope",
-        help="comma-separated: merge, towers (both need a CUDA GPU), rope (CPU too)",
+        help="comma-separated: merge, towers (both need a CUDA GPU), rope (CPU too), moe",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and ceilings here")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--profile", action="store_true", help="also print the top CUDA kernels of the auto tower")
+    parser.add_argument("--sweep", action="store_true", help="moe: also time alternative Triton tiles")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     rows: list[dict] = []
@@ -151,9 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         from epd_kernels.bench_rope import bench_rope
 
         rows += _section("rope", lambda: bench_rope(reps=3 if args.quick else 5))
-    if parts & {"merge", "towers"}:
+    if parts & {"merge", "towers", "moe"}:
         if not torch.cuda.is_available():
-            raise SystemExit("merge and towers need a CUDA GPU (run with --only rope on CPU)")
+            raise SystemExit("merge, towers and moe need a CUDA GPU (run with --only rope on CPU)")
         ceilings = {"copy_gbs": copy_bandwidth_gbs(), "matmul_tflops": matmul_tflops()}
         print(
             f"# {torch.cuda.get_device_name()}: copy {ceilings['copy_gbs']:.0f} GB/s (read + write), "
@@ -166,6 +169,13 @@ def main(argv: list[str] | None = None) -> None:
         from epd_kernels.bench_towers import bench_towers
 
         rows += _section("towers", lambda: bench_towers(ceilings["matmul_tflops"], quick=args.quick))
+    if "moe" in parts:
+        from epd_kernels.bench_moe import bench_moe
+
+        rows += _section(
+            "moe",
+            lambda: bench_moe(ceilings["copy_gbs"], ceilings["matmul_tflops"], quick=args.quick, sweep=args.sweep),
+        )
     if args.json:
         args.json.write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=1))
     print(format_table(rows), flush=True)

@@ -184,7 +184,63 @@ def test_shape_qwen2_audio_7b(tmp_path: Path) -> None:
     assert int((inputs["input_ids"] == config.audio_token_id).sum()) == 750
 
 
-@pytest.mark.parametrize(("family", "shape"), [("qwen3_vl", "2b"), ("qwen3_vl_moe", "30b"), ("qwen3_omni", "30b")])
+def test_shape_qwen3_vl_moe_30b(tmp_path: Path) -> None:
+    from epd.models import detect_family
+
+    path = cached_shape("qwen3_vl_moe", "30b", cache_root=tmp_path)
+    assert not (path / "model.safetensors").exists()
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (
+        2048,
+        48,
+        32,
+        4,
+    )
+    assert (text.num_experts, text.num_experts_per_tok, text.moe_intermediate_size, text.vocab_size) == (
+        128,
+        8,
+        768,
+        151936,
+    )
+    assert text.rope_parameters["mrope_section"] == [24, 20, 20] and text.rope_parameters["rope_theta"] == 5e6
+    assert (vision.depth, vision.hidden_size, vision.out_hidden_size) == (27, 1152, 2048)
+    assert vision.deepstack_visual_indexes == [8, 16, 24]
+    spec = detect_family(path).load_language(path, True).spec
+    assert spec.moe_layers == tuple(range(48)) and spec.norm_topk_prob
+    assert 30.4e9 < spec.num_params() < 30.6e9  # "30B-A3B": ~30.5 B in the language model
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    inputs = processor(text=[_prompt(processor, {"type": "image"})], images=[Image.new("RGB", (1920, 1080))])
+    assert int((torch.as_tensor(inputs["input_ids"]) == config.image_token_id).sum()) == 2040
+
+
+def test_shape_qwen3_omni_30b(tmp_path: Path) -> None:
+    from epd.models import detect_family
+
+    path = cached_shape("qwen3_omni", "30b", cache_root=tmp_path)
+    thinker = AutoConfig.from_pretrained(path, local_files_only=True).thinker_config
+    text, vision, audio = thinker.text_config, thinker.vision_config, thinker.audio_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_experts, text.num_experts_per_tok) == (2048, 48, 128, 8)
+    assert (text.moe_intermediate_size, text.vocab_size, text.rope_parameters["rope_theta"]) == (768, 152064, 1e6)
+    assert (vision.depth, vision.out_hidden_size, vision.deepstack_visual_indexes) == (27, 2048, [8, 16, 24])
+    assert (audio.d_model, audio.encoder_layers, audio.encoder_attention_heads, audio.output_dim) == (
+        1280,
+        32,
+        20,
+        2048,
+    )
+    spec = detect_family(path).load_language(path, True).spec
+    assert spec.num_experts == 128 and spec.rope_style == "interleaved" and spec.vocab_size == 152064
+    with torch.device("meta"):  # the whole thinker builds at this size (towers included)
+        thinker_model = Qwen3OmniMoeForConditionalGeneration._from_config(
+            AutoConfig.from_pretrained(path, local_files_only=True)
+        )
+    assert 31e9 < sum(p.numel() for p in thinker_model.parameters()) < 32.5e9
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    assert processor.image_processor.size["longest_edge"] == 12845056
+
+
+@pytest.mark.parametrize(("family", "shape"), [("qwen3_vl", "2b"), ("qwen3_vl_moe", "8b"), ("qwen3_omni", "7b")])
 def test_unknown_shape_raises(family: str, shape: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shape"):
         cached_shape(family, shape, cache_root=tmp_path)

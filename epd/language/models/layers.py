@@ -8,10 +8,10 @@ to the activations' dtype, router softmax in float32), so float32 logits match t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from epd_kernels.fused import add_rms_norm, rms_norm, silu_mul
+from epd_kernels.moe import fused_moe
 
 
 class RMSNorm(nn.Module):
@@ -78,55 +78,25 @@ class GatedMLP(nn.Module):
 class MoE(nn.Module):
     """Top-k routed experts (Qwen3-MoE): ``gate`` [E, H], ``w13`` [E, 2I, H] (gate; up), ``w2`` [E, H, I].
 
-    Two equivalent paths: ``grouped`` sorts tokens by expert and runs one matmul per used expert
-    (reads each expert once; needs the counts on the host, so not inside a CUDA graph), and
-    ``gathered`` gathers each token's k experts' weights (no host sync: decode under CUDA graphs).
+    ``kernel`` picks the path of ``epd_kernels.moe.fused_moe`` on CUDA: ``triton`` (``auto``) or
+    ``grouped_mm``, both without a host sync, so decode steps of every batch size are captured in
+    CUDA graphs; or ``reference``. Off CUDA the reference always runs: transformers' loop over the
+    used experts, float32-exact. The runner sets it from ``engine.moe_kernel``.
     """
 
-    def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int, norm_topk: bool) -> None:
+    def __init__(
+        self, hidden: int, intermediate: int, num_experts: int, top_k: int, norm_topk: bool, dtype=None
+    ) -> None:
         super().__init__()
         self.gate = nn.Linear(hidden, num_experts, bias=False)
-        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
+        # the experts are ~95% of a MoE model: built in the run's dtype (a 30B model never exists in float32)
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * intermediate, hidden, dtype=dtype))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, intermediate, dtype=dtype))
         self.top_k = top_k
         self.norm_topk = norm_topk
-        self.gathered_max_tokens = 16
-        """Token counts up to this use the gathered path (decode batches)."""
-
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(self.gate(x).float(), dim=-1)  # [N, E]
-        weights, experts = torch.topk(probs, self.top_k, dim=-1)  # [N, k]
-        if self.norm_topk:
-            weights = weights / weights.sum(-1, keepdim=True)
-        return weights.to(x.dtype), experts
+        self.kernel = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [N, H]
-        weights, experts = self.route(x)
-        if x.shape[0] <= self.gathered_max_tokens or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return self._gathered(x, weights, experts)
-        return self._grouped(x, weights, experts)
-
-    def _gathered(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        w13 = self.w13[experts]  # [N, k, 2I, H]
-        h = torch.einsum("nh,nkih->nki", x, w13)
-        gate, up = h.chunk(2, dim=-1)
-        out = torch.einsum("nki,nkhi->nkh", F.silu(gate) * up, self.w2[experts])  # [N, k, H]
-        return (out * weights[..., None]).sum(1)
-
-    def _grouped(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        flat = experts.flatten()  # [N*k]
-        order = torch.argsort(flat, stable=True)
-        token = order // self.top_k  # token of each (token, slot) pair, grouped by expert
-        counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()  # host sync (eager only)
-        out = torch.zeros_like(x)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = token[start : start + n]
-            gate, up = F.linear(x[idx], self.w13[e]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.w2[e]) * weights.flatten()[order[start : start + n], None]
-            out.index_add_(0, idx, y)
-            start += n
-        return out
+        # x: [N, H] → [N, H]
+        kernel = "reference" if not x.is_cuda else ("triton" if self.kernel == "auto" else self.kernel)
+        return fused_moe(x, self.gate.weight, self.w13, self.w2, self.top_k, self.norm_topk, kernel=kernel)

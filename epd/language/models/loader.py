@@ -69,6 +69,24 @@ def load_weights(model: QwenDecoder, tensors: Iterable[tuple[str, torch.Tensor]]
         )
 
 
+def param_view(model: QwenDecoder, name: str) -> torch.Tensor | None:
+    """The part of ``model``'s parameters that a checkpoint or HF-module tensor ``name`` fills, as a
+    view sharing its storage (None: a tensor epd does not keep). An HF model can be built over these
+    views without a second copy of the weights (benchmarks)."""
+    lm = lm_name(name)
+    if lm is None:
+        return None
+    spec = model.spec
+    target, index = _target(
+        lm, spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.intermediate_size,
+        spec.moe_intermediate_size,
+    )  # fmt: skip
+    param = dict(model.named_parameters()).get(target)
+    if param is None:
+        return None
+    return param.data[index] if index is not None else param.data
+
+
 def _target(name: str, q: int, kv: int, inter: int, moe_inter: int) -> tuple[str | None, tuple | None]:
     """epd's parameter and the slice of it that ``name`` fills."""
     m = _LAYER.fullmatch(name)

@@ -77,12 +77,20 @@ class DecoderSpec:
             num_experts=num_experts,
             num_experts_per_tok=getattr(cfg, "num_experts_per_tok", 0) or 0,
             moe_intermediate_size=getattr(cfg, "moe_intermediate_size", 0) or 0,
-            norm_topk_prob=bool(getattr(cfg, "norm_topk_prob", True)),
+            norm_topk_prob=_norm_topk_prob(cfg),
             moe_layers=moe_layers,
         )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in QwenDecoder(self, None, device="meta").parameters())
+
+
+def _norm_topk_prob(cfg) -> bool:
+    """Whether the router renormalises its top-k weights: the config's ``norm_topk_prob`` (Qwen3-MoE,
+    the Qwen3-Omni thinker); transformers' Qwen3-VL-MoE router always does, whatever the config says."""
+    if getattr(cfg, "model_type", "") == "qwen3_vl_moe_text":
+        return True
+    return bool(getattr(cfg, "norm_topk_prob", True))
 
 
 class Attention(nn.Module):
@@ -117,7 +125,7 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec, layer: int, backend: AttentionBackend | None) -> None:
+    def __init__(self, spec: DecoderSpec, layer: int, backend: AttentionBackend | None, expert_dtype=None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.self_attn = Attention(spec, layer, backend)
@@ -129,6 +137,7 @@ class DecoderLayer(nn.Module):
                 spec.num_experts,
                 spec.num_experts_per_tok,
                 spec.norm_topk_prob,
+                expert_dtype,
             )
         else:
             self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size)
@@ -156,15 +165,22 @@ class QwenDecoder(nn.Module):
     (fused ``qkv_proj``, ``gate_up_proj``, ``w13``/``w2``); ``epd.language.models.loader`` maps
     checkpoints onto them."""
 
-    def __init__(self, spec: DecoderSpec, backend: AttentionBackend | None, device=None) -> None:
+    def __init__(self, spec: DecoderSpec, backend: AttentionBackend | None, device=None, expert_dtype=None) -> None:
+        """``expert_dtype``: the routed experts' dtype from the start (the rest is cast by the caller)."""
         super().__init__()
         self.spec = spec
         with torch.device(device or "cpu"):
             self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-            self.layers = nn.ModuleList(DecoderLayer(spec, i, backend) for i in range(spec.num_layers))
+            self.layers = nn.ModuleList(DecoderLayer(spec, i, backend, expert_dtype) for i in range(spec.num_layers))
             self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
             self.lm_head = None if spec.tie_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
             self.rotary = Rotary(spec.head_dim, spec.rope_theta, spec.rope_style, spec.mrope_section)
+
+    def set_moe_kernel(self, kernel: str | None) -> None:
+        """The routed experts' kernel on CUDA (``epd_kernels.moe``: ``triton``, ``grouped_mm``, ``reference``)."""
+        for module in self.modules():
+            if isinstance(module, MoE):
+                module.kernel = kernel
 
     @property
     def embed_table(self) -> torch.Tensor:
