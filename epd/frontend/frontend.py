@@ -43,6 +43,7 @@ from epd.protocol import (
     rank_name,
 )
 from epd.scheduler import MediaItemInfo, build_encoder_policy
+from epd.scheduler.decode import DecodeRequest, build_decode_policy
 from epd.workload import WorkloadRequest
 
 log = logging.getLogger("epd.frontend")
@@ -64,6 +65,8 @@ class Tracked:
     req: WorkloadRequest
     record: RequestRecord
     language_rank: int = -1
+    decode_rank: int = -1
+    """With a prefill/decode split: the decode instance that continues it (-1: none)."""
     items: list[MediaItemInfo] = field(default_factory=list)
     encoders: list[int] = field(default_factory=list)
 
@@ -90,6 +93,11 @@ class Frontend:
         # items sent to an encoder whose ItemDone has not come back yet
         self.unreported: dict[tuple[str, int], tuple[Tracked, MediaItemInfo, int]] = {}
         self.language_load = {rank: 0 for rank in cfg.topology.language_ranks}
+        self.decode_policy = None
+        if cfg.topology.disaggregated_pd:
+            self.decode_policy = build_decode_policy(
+                cfg.scheduler.decode_policy, cfg.topology.decode_ranks, cfg.engine.block_size
+            )
         self.channel = Channel(
             FRONTEND, store, secret, job_roles(cfg.topology), bind_host, cfg.launch.max_message_bytes
         )
@@ -135,7 +143,7 @@ class Frontend:
         if isinstance(msg, ItemDone):
             self.on_item_done(msg)
         elif isinstance(msg, RequestOutput):
-            self.on_output(msg)
+            self.on_output(msg, sender)
         else:
             watch.on_message(sender, msg)
 
@@ -183,6 +191,10 @@ class Frontend:
 
     def _new_request(self, req: WorkloadRequest, tracked: Tracked, prompt_ids: list[int]) -> NewRequest:
         tracked.language_rank = min(self.language_load, key=self.language_load.get)
+        if self.decode_policy is not None:
+            num_tokens = len(prompt_ids) + sum(it.est_tokens for it in tracked.items)
+            ask = DecodeRequest(request_id=req.id, num_tokens=num_tokens, max_tokens=req.max_tokens)
+            tracked.decode_rank = self.decode_policy.assign(ask)
         sampling = SamplingParams(
             max_tokens=req.max_tokens,
             temperature=float(req.temperature),
@@ -196,7 +208,9 @@ class Frontend:
             ItemRef(index=it.index, modality=it.modality, encoder_rank=enc)
             for it, enc in zip(tracked.items, tracked.encoders, strict=True)
         ]
-        return NewRequest(request_id=req.id, prompt_token_ids=prompt_ids, items=refs, sampling=sampling)
+        return NewRequest(
+            request_id=req.id, prompt_token_ids=prompt_ids, items=refs, sampling=sampling, decode_rank=tracked.decode_rank
+        )
 
     def send_item(self, tracked: Tracked, item: MediaItemInfo, enc: int) -> None:
         self.unreported[item.key] = (tracked, item, enc)
@@ -247,10 +261,14 @@ class Frontend:
         self.policy.on_item_done(enc, item)
         tracked.record.items[item.index].update(item_stats(msg))
 
-    def on_output(self, msg: RequestOutput) -> None:
+    def on_output(self, msg: RequestOutput, sender: str = "") -> None:
         tracked = self.inflight.get(msg.request_id)
         if tracked is None:
             return
+        if self.decode_policy is not None and sender == rank_name(tracked.decode_rank):
+            self.decode_policy.load.admit(msg.request_id)  # it holds its blocks there now
+        if msg.kv_transfer_bytes:
+            tracked.record.kv_transfer_bytes = msg.kv_transfer_bytes
         now = time.time()
         rec = tracked.record
         rec.timestamps.update(msg.timestamps)
@@ -279,6 +297,8 @@ class Frontend:
             self.policy.on_item_done(enc, item)
             self.unreported.pop(item.key, None)
         self.language_load[tracked.language_rank] -= 1
+        if tracked.decode_rank >= 0:
+            self.decode_policy.load.finish(tracked.decode_rank, tracked.req.id)
         self.inflight.pop(tracked.req.id, None)
         self._finish_record(tracked.record)
 
@@ -288,7 +308,8 @@ class Frontend:
         holders = {
             enc for item, enc in zip(tracked.items, tracked.encoders, strict=True) if item.key in self.unreported
         }
-        for rank in {tracked.language_rank, *holders} - self.lost:
+        ranks = {tracked.language_rank, *holders} | ({tracked.decode_rank} if tracked.decode_rank >= 0 else set())
+        for rank in ranks - self.lost:
             self.channel.send(rank_name(rank), Abort(request_id=tracked.req.id))
         tracked.record.error = error
         tracked.record.finish_reason = "abort"

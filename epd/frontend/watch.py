@@ -42,7 +42,11 @@ class JobWatch:
             self.rank_lost(msg.rank, msg.reason)
         elif isinstance(msg, Heartbeat):
             if sender.startswith("rank"):
-                self.fe.rank_stats[int(sender[4:])] = dict(msg.stats)
+                rank = int(sender[4:])
+                self.fe.rank_stats[rank] = dict(msg.stats)
+                policy = self.fe.decode_policy
+                if policy is not None and rank in policy.load.free_blocks and "kv_free_blocks" in msg.stats:
+                    policy.load.report(rank, int(msg.stats["kv_free_blocks"]))
         else:
             self.fe.channel._drop("misrouted", f"{type(msg).__name__} from {sender} to the frontend")
 

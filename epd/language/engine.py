@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +23,7 @@ from epd.language.runner import ModelRunner
 from epd.language.scheduler import Scheduler
 from epd.language.sequence import Sequence
 from epd.models import AUDIO, IMAGE, VIDEO, ItemMeta, LanguageSide
-from epd.protocol import NewRequest, RequestOutput
+from epd.protocol import KvReady, NewRequest, RequestOutput
 from epd_kernels import merge_embeddings
 
 log = logging.getLogger("epd.language")
@@ -41,8 +42,15 @@ class LanguageEngine:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+        role: str = "language",
     ) -> None:
-        """``tensors``: the language model's weights by name, instead of ``side.weights`` (benchmarks)."""
+        """``tensors``: the language model's weights by name, instead of ``side.weights`` (benchmarks).
+        ``role``: ``language`` (prefill and decode), ``prefill`` (hand each request to its decode
+        instance after its first token: ``take_handoffs``) or ``decode`` (``add_prefilled``)."""
+        if role not in ("language", "colocated", "prefill", "decode"):
+            raise ValueError(f"a language engine cannot play role {role!r}")
+        self.role = role
+        self.handoffs: list[Handoff] = []
         self.side = side
         self.cfg = cfg
         self.device = device
@@ -219,6 +227,8 @@ class LanguageEngine:
         mm_rows = torch.cat([visual_rows, audio_rows]).to(self.device)
         mm_embeds = torch.cat(mm) if mm else table.new_empty(0, table.shape[1])
         seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
+        if self.role == "prefill":  # handed to the decode instance with the KV cache
+            seq.mm_rows, seq.mm_embeds = mm_rows, mm_embeds
         deep = [t["deepstack"].to(self.device) for _, t in items if "deepstack" in t]
         if deep:  # DeepStack features sit on the visual rows (image and video), in prompt order
             seq.deepstack = (visual_rows.tolist(), torch.cat(deep, dim=1))
@@ -230,11 +240,14 @@ class LanguageEngine:
         outputs = self._fail_errored()
         batch = self.scheduler.schedule()
         outputs += [self._failure(seq, reason) for seq, reason in batch.failed]
+        self._load_prefilled(batch.loaded)
         if not batch:
             return outputs
         for seq, _ in batch.prefills:
             if "prefill_start" not in seq.timestamps:
                 seq.stamp("prefill_start")
+            if seq.prompt_embeds is None and seq.mm_rows is not None and seq.num_computed < seq.prompt_len:
+                self._rebuild_prompt_embeds(seq)
         sampled = ModelRunner.sampled_seqs(batch)  # before the counts below move
         tokens = self.runner.run(batch)
         self.steps += 1
@@ -276,6 +289,8 @@ class LanguageEngine:
             self.scheduler.remove(seq)
             self.seqs.pop(seq.id, None)
             self._ended.add(seq.id)
+        elif first and self.role == "prefill" and seq.request.decode_rank >= 0:
+            self.handoffs.append(self._hand_off(seq))
         return RequestOutput(
             request_id=seq.id,
             token_ids=[token],
@@ -285,10 +300,110 @@ class LanguageEngine:
             timestamps=seq.timestamps if (first or reason) else {},
             num_cached_tokens=seq.num_cached_prompt if reason else 0,
             num_preemptions=seq.num_preemptions if reason else 0,
+            kv_transfer_bytes=seq.kv_transfer_bytes if reason else 0,
         )
+
+    # ---- prefill / decode split -------------------------------------------------------------------
+
+    def take_handoffs(self) -> list[Handoff]:
+        """Requests this prefill instance finished with, to send to their decode instances."""
+        out, self.handoffs = self.handoffs, []
+        return out
+
+    def _hand_off(self, seq: Sequence) -> Handoff:
+        """Copy out ``seq``'s prompt KV and what decode needs, then free it here (its blocks stay in
+        this instance's prefix cache)."""
+        prompt_len = seq.prompt_len
+        tensors = {"kv": self.runner.gather_kv(seq.block_table, prompt_len)}  # [L, 2, blocks, bs, kv_heads, D]
+        if seq.positions is not None:
+            tensors["positions"] = seq.positions[:, :prompt_len]  # [3, prompt_len]
+        if seq.mm_rows is not None and seq.mm_rows.numel():
+            tensors["mm_rows"], tensors["mm_embeds"] = seq.mm_rows, seq.mm_embeds
+        if seq.deepstack is not None:
+            rows, feats = seq.deepstack
+            tensors["deepstack_rows"] = torch.tensor(rows, dtype=torch.int64, device=self.device)
+            tensors["deepstack"] = feats
+        seq.stamp("kv_transfer_start")
+        handoff = Handoff(
+            request=seq.request,
+            token_ids=list(seq.token_ids),
+            prompt_len=prompt_len,
+            rope_delta=float(seq.rope_delta),
+            item_spans=list(seq.item_spans),
+            num_cached_tokens=seq.num_cached_prompt,
+            num_preemptions=seq.num_preemptions,
+            timestamps=dict(seq.timestamps),
+            tensors=tensors,
+        )
+        self.scheduler.remove(seq)
+        self.seqs.pop(seq.id, None)
+        self._ended.add(seq.id)
+        return handoff
+
+    def add_prefilled(self, msg: KvReady, tensors: dict[str, torch.Tensor]) -> None:
+        """A prefilled request from a prefill instance: it waits for blocks, gets its KV copied in and
+        decodes from its first token on (``Scheduler`` admits it without a prefill)."""
+        req = msg.request
+        if req.request_id in self.seqs or req.request_id in self._ended:
+            return
+        seq = Sequence(request=req)
+        seq.timestamps.update(msg.timestamps)
+        seq.token_ids = list(msg.token_ids)
+        seq.prompt_len = msg.prompt_len
+        seq.output_ids = seq.token_ids[msg.prompt_len :]
+        seq.prepared_items = len(req.items)
+        seq.rope_delta = msg.rope_delta
+        seq.item_spans = [tuple(span) for span in msg.item_spans]
+        seq.num_cached_prompt, seq.num_preemptions = msg.num_cached_tokens, msg.num_preemptions
+        seq.positions = tensors.get("positions")
+        seq.mm_rows, seq.mm_embeds = tensors.get("mm_rows"), tensors.get("mm_embeds")
+        if "deepstack" in tensors:
+            seq.deepstack = (tensors["deepstack_rows"].tolist(), tensors["deepstack"])
+        kv = tensors["kv"]
+        expected = self.runner.kv_block_shape
+        if tuple(kv.shape[:2]) + tuple(kv.shape[3:]) != expected or kv.shape[2] * expected[2] < msg.prompt_len:
+            seq.error = f"the prefill instance's KV cache {tuple(kv.shape)} does not fit this one's blocks {expected}"
+        seq.kv_pending = kv
+        seq.kv_transfer_bytes = kv.numel() * kv.element_size()
+        seq.stamp("kv_transfer_end")
+        self.seqs[req.request_id] = seq
+        self.scheduler.add(seq)
+        if seq.error is None:
+            seq.error = self._length_error(msg.prompt_len, req.sampling.max_tokens, "prefilled")
+
+    def _load_prefilled(self, seqs: list[Sequence]) -> None:
+        """Copy each admitted prefilled sequence's received KV into its blocks."""
+        for seq in seqs:
+            self.runner.write_kv(seq.block_table, seq.kv_pending)
+            seq.kv_pending = None
+            self.blocks.computed(seq)
+
+    def _rebuild_prompt_embeds(self, seq: Sequence) -> None:
+        """A decode instance recomputing a preempted prompt: its rows from the table, media rows from
+        what the prefill instance sent."""
+        ids = torch.tensor(seq.token_ids[: seq.prompt_len], dtype=torch.int64, device=self.device)
+        embeds = self.runner.model.embed_tokens(ids)  # [L, H]
+        if seq.mm_rows is not None:
+            embeds[seq.mm_rows] = seq.mm_embeds.to(embeds.dtype)
+        seq.prompt_embeds = embeds
 
 
 _UNHASHED = itertools.count()
+
+
+@dataclass
+class Handoff:
+    """A prefilled request leaving this instance: the fields of its ``KvReady`` and its tensors."""
+
+    request: NewRequest
+    token_ids: list[int]
+    prompt_len: int
+    rope_delta: float
+    item_spans: list[tuple[int, int, str]]
+    num_cached_tokens: int
+    num_preemptions: int
+    timestamps: dict[str, float]
+    tensors: dict[str, torch.Tensor]
 
 
 def _max_positions(hf_config) -> int | None:

@@ -144,6 +144,26 @@ class ModelRunner:
             prefill_from_start=True,
         )
 
+    # ---- KV cache of whole requests (prefill → decode) ---------------------------------------------
+
+    @property
+    def kv_block_shape(self) -> tuple[int, ...]:
+        """(layers, 2, block_size, kv_heads, head_dim): the cache's shape without its block axis."""
+        shape = self.kv_cache.shape
+        return (shape[0], shape[1], *shape[3:])
+
+    def gather_kv(self, block_table: list[int], num_tokens: int) -> torch.Tensor:
+        """A copy of the blocks holding the first ``num_tokens`` tokens: [L, 2, blocks, bs, kv_heads, D].
+        Queued on the current stream, so the blocks may be reused by any later step."""
+        num_blocks = -(-num_tokens // self.block_size)
+        index = torch.tensor(block_table[:num_blocks], dtype=torch.int64, device=self.device)
+        return self.kv_cache.index_select(2, index)
+
+    def write_kv(self, block_table: list[int], kv: torch.Tensor) -> None:
+        """Copy ``kv`` [L, 2, blocks, bs, kv_heads, D] into the first blocks of ``block_table``."""
+        index = torch.tensor(block_table[: kv.shape[2]], dtype=torch.int64, device=self.device)
+        self.kv_cache.index_copy_(2, index, kv.to(self.kv_cache.device, self.kv_cache.dtype))
+
     # ---- one step ---------------------------------------------------------------------------------
 
     @torch.inference_mode()

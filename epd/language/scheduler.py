@@ -21,10 +21,13 @@ from epd.language.sequence import Sequence, Status
 
 @dataclass
 class Batch:
-    """One step's work: prefill chunks (sequence, tokens) and decoding sequences."""
+    """One step's work: prefill chunks (sequence, tokens) and decoding sequences; ``loaded`` are
+    prefilled sequences (from a prefill instance) admitted this step, whose KV the engine copies in
+    before the step runs."""
 
     prefills: list[tuple[Sequence, int]] = field(default_factory=list)
     decodes: list[Sequence] = field(default_factory=list)
+    loaded: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
     failed: list[tuple[Sequence, str]] = field(default_factory=list)
 
@@ -123,6 +126,18 @@ class Scheduler:
                 self._fail(
                     seq, batch, f"has {seq.num_tokens} tokens, over the KV cache's {self.blocks.capacity_tokens}"
                 )
+                continue
+            if seq.kv_pending is not None:  # prefilled elsewhere: blocks for its KV, then it decodes
+                cached_prompt = seq.num_cached_prompt  # the prefill instance's count, kept for the record
+                if not self.blocks.admit(seq, [], seq.num_tokens):
+                    break
+                seq.num_computed, seq.num_cached_prompt = seq.prompt_len, cached_prompt
+                self.waiting.remove(seq)
+                self.running.append(seq)
+                seq.status = Status.RUNNING
+                batch.loaded.append(seq)
+                batch.decodes.append(seq)
+                budget -= 1
                 continue
             cached = self.blocks.match(seq)
             start = len(cached) * self.blocks.block_size

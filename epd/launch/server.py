@@ -36,7 +36,9 @@ from epd.protocol import (
     Heartbeat,
     ItemDone,
     ItemReady,
+    KvReady,
     NewRequest,
+    RequestOutput,
     Shutdown,
     job_roles,
     rank_name,
@@ -74,8 +76,8 @@ class RankServer:
         roles = job_roles(cfg.topology)
         self.channel = Channel(rank_name(ctx.rank), store, secret, roles, bind_host, cfg.launch.max_message_bytes)
         inst = cfg.topology.instance_at(ctx.rank)
-        if inst.role in ("prefill", "decode") or inst.tp > 1:
-            raise ValueError(f"topology {cfg.topology.name!r}: {inst.role} instances and tp > 1 are not served yet")
+        if inst.tp > 1:
+            raise ValueError(f"topology {cfg.topology.name!r}: tp > 1 is not served yet")
         ckpt = resolve_checkpoint(cfg.model)
         family = detect_family(ckpt)
         dtype = torch_dtype(cfg.model.dtype, device)
@@ -85,7 +87,7 @@ class RankServer:
             self.encoder = EncoderRole(tower, cfg.media, cfg.encoder, cfg.scheduler, device)
             self.encoder.warm_up()
             store.set(f"epd/loaded/{ctx.rank}", "1")
-        if inst.role in ("language", "colocated"):
+        if inst.role in ("language", "colocated", "prefill", "decode"):
             # the KV cache is sized from the memory left on the device: encoders sharing this GPU load first
             shared = [
                 r
@@ -95,21 +97,25 @@ class RankServer:
             if shared:
                 store.wait([f"epd/loaded/{r}" for r in shared])
             side = family.load_language(ckpt, cfg.model.random_init)
-            self.language = LanguageEngine(side, cfg.engine, device, dtype)
+            self.language = LanguageEngine(side, cfg.engine, device, dtype, role=inst.role)
         self.transfer = None
         if ctx.world_size > 1:
             self.transfer = build_transfer(cfg.transfer, ctx.rank, ctx.world_size, device, store, secret, bind_host)
         if self.language is not None:
             self.language.warm_up()
             store.set(KV_TOKENS_KEY.format(rank=ctx.rank), str(self.language.capacity_tokens))
-        self.parked: deque[tuple[ItemReady, float]] = deque()  # items whose embeddings are on the way
+        # items whose embeddings, and prefilled requests whose KV cache, are on the way (in arrival order)
+        self.parked: deque[tuple[ItemReady | KvReady, float]] = deque()
         log.info("rank %d: %s on %s (%s, %s)", ctx.rank, inst.role, device, family.name, dtype)
 
     # ---- the loop -------------------------------------------------------------------------------
 
     def serve(self) -> None:
         launch = self.cfg.launch
-        peers = [FRONTEND] + ([rank_name(r) for r in self.cfg.topology.language_ranks] if self.encoder else [])
+        topology = self.cfg.topology
+        peers = [FRONTEND] + ([rank_name(r) for r in topology.language_ranks] if self.encoder else [])
+        if self.language is not None and self.language.role == "prefill":
+            peers += [rank_name(r) for r in topology.decode_ranks]
         self.channel.resolve(peers)  # once, at start-up (waits until the frontend is up)
         frontend_address = self.channel.peer_address(FRONTEND)
         beat = HeartbeatThread(
@@ -132,6 +138,8 @@ class RankServer:
                 if self.language and self.language.has_work:
                     for out in self.language.step():
                         self.channel.send(FRONTEND, out)
+                    for handoff in self.language.take_handoffs():
+                        self._send_kv(handoff)
                 if self.transfer is not None:
                     self.transfer.poll()
                 self._check_frontend(heard)
@@ -179,6 +187,8 @@ class RankServer:
                 self.encoder.abort(msg.request_id)
         elif isinstance(msg, ItemReady) and self.language is not None:
             self._on_item_ready(msg)
+        elif isinstance(msg, KvReady) and self.language is not None and self.language.role == "decode":
+            self.parked.append((msg, time.monotonic() + self.cfg.transfer.recv_timeout_s))
         else:  # authentic, but not for this rank's roles
             self.channel._drop("misrouted", f"{type(msg).__name__} for a rank without that role")
 
@@ -202,17 +212,63 @@ class RankServer:
                         return
                     raise TimeoutError(f"no data within transfer.recv_timeout_s={self.cfg.transfer.recv_timeout_s:g}")
                 tensors = dict(zip(msg.tensor_names, self.transfer.recv(msg.handle), strict=True))
+                error = None
+            except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
+                tensors = None
+                error = f"{type(exc).__name__}: {exc}"
+            self.parked.popleft()
+            if isinstance(msg, KvReady):
+                self._on_kv(msg, tensors, error)
+                continue
+            meta = None
+            if error is None:
                 meta = ItemMeta(
                     modality=msg.modality, token_ids=msg.token_ids, token_types=msg.token_types, info=msg.info
                 )
-                error = None
-            except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
-                tensors = meta = None
-                error = f"its embeddings could not be received: {type(exc).__name__}: {exc}"
+            else:
+                error = f"its embeddings could not be received: {error}"
                 log.warning("rank %d: item %d of %s: %s", self.rank, msg.index, msg.request_id, error)
-            self.parked.popleft()
             msg.timestamps["transfer_end"] = time.time()
             self.language.add_item(msg.request_id, msg.index, meta, tensors, error, msg.timestamps)
+
+    # ---- KV cache between prefill and decode instances ------------------------------------------
+
+    def _send_kv(self, handoff) -> None:
+        """Send a prefilled request's KV cache and state to its decode instance (the same data plane as
+        embeddings); if the send fails, the request fails."""
+        dst = handoff.request.decode_rank
+        try:
+            handle = self.transfer.send(dst, list(handoff.tensors.values()))
+        except (ValueError, RuntimeError, OSError) as exc:
+            self._fail_request(handoff.request.request_id, f"its KV cache could not be sent: {exc}")
+            return
+        self.channel.send(
+            rank_name(dst),
+            KvReady(
+                request=handoff.request,
+                token_ids=handoff.token_ids,
+                prompt_len=handoff.prompt_len,
+                rope_delta=handoff.rope_delta,
+                item_spans=handoff.item_spans,
+                num_cached_tokens=handoff.num_cached_tokens,
+                num_preemptions=handoff.num_preemptions,
+                tensor_names=list(handoff.tensors),
+                handle=handle,
+                timestamps=handoff.timestamps,
+            ),
+        )
+
+    def _on_kv(self, msg: KvReady, tensors: dict | None, error: str | None) -> None:
+        if tensors is None or "kv" not in tensors:
+            self._fail_request(msg.request.request_id, f"its KV cache could not be received: {error or 'no kv'}")
+            return
+        self.language.add_prefilled(msg, tensors)
+
+    def _fail_request(self, request_id: str, error: str) -> None:
+        log.warning("rank %d: request %s: %s", self.rank, request_id, error)
+        self.channel.send(
+            FRONTEND, RequestOutput(request_id=request_id, finished=True, finish_reason="error", error=error)
+        )
 
     # ---- embeddings out -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ latest end), so for several items the breakdown follows the slowest one: the cri
     transfer        embeddings_ready   ... and every item of the request being there
     prefill_queue   prefill_start      the language engine to schedule its prefill
     prefill         first_token        prefill and the first sampled token
+    kv_transfer     kv_transfer_end    prefill/decode split: the KV cache reaching the decode instance
     decode          (last token)       every later token, as the frontend receives them
 """
 
@@ -38,6 +39,7 @@ MILESTONES: tuple[tuple[str, str], ...] = (
     ("transfer", "embeddings_ready"),
     ("prefill_queue", "prefill_start"),
     ("prefill", "first_token"),
+    ("kv_transfer", "kv_transfer_end"),
 )
 STAGES: tuple[str, ...] = tuple(dict.fromkeys([stage for stage, _ in MILESTONES] + ["decode"]))
 """Every stage of the breakdown, in pipeline order."""

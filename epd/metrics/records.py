@@ -38,6 +38,8 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     """Load phase of the request (`workload.phase_rates`); 0 when the run has one phase."""
     items: list[dict] = []
     """One entry per media item: modality and the encoder rank it was assigned to."""
+    kv_transfer_bytes: int = 0
+    """Bytes of KV cache moved from its prefill to its decode instance (0 without the split)."""
     ttft_ms: float | None = None
     """Time to first token (set when the request ends; None without tokens)."""
     tpot_ms: float | None = None

@@ -68,12 +68,15 @@ class EncodeItem(Message):
 
 
 class NewRequest(Message):
-    """frontend → language: a tokenized prompt (one placeholder token per media item)."""
+    """frontend → language (or prefill): a tokenized prompt (one placeholder token per media item)."""
 
     request_id: str
     prompt_token_ids: list[int]
     items: list[ItemRef]
     sampling: SamplingParams
+    decode_rank: int = -1
+    """With separate prefill and decode instances: the decode instance (leader rank) that continues the
+    request after its first token (-1: the instance that prefills it also decodes it)."""
 
 
 class ItemReady(Message):
@@ -109,6 +112,31 @@ class RequestOutput(Message):
     """Prompt tokens the prefix cache served (set when the request finishes)."""
     num_preemptions: int = 0
     """Times the request lost its KV cache and was recomputed (set when it finishes)."""
+    kv_transfer_bytes: int = 0
+    """Bytes of KV cache that moved from its prefill instance to this decode instance (set once)."""
+
+
+class KvReady(Message):
+    """prefill → decode: a request's KV cache was sent (``handle``), with what decode needs to go on.
+
+    ``token_ids`` is the expanded prompt followed by the first sampled token (whose KV the decode
+    instance computes in its first step); ``prompt_len`` of them have KV in the transfer, laid out
+    [layers, 2, blocks, block_size, kv_heads, head_dim] in ``tensor_names[0]`` (``kv``). The other
+    tensors let the decode instance recompute the prompt if it must preempt it: the media rows of the
+    prompt and their embeddings (``mm_rows``, ``mm_embeds``), DeepStack features, rope positions.
+    """
+
+    request: NewRequest
+    token_ids: list[int]
+    prompt_len: int
+    rope_delta: float = 0.0
+    item_spans: list[tuple[int, int, str]] = []
+    """(start, end, content hash) of each media item in the prompt (the decode side's prefix cache)."""
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+    tensor_names: list[str] = []
+    handle: TransferHandle | None = None
+    timestamps: dict[str, float] = {}
 
 
 class Abort(Message):
@@ -161,7 +189,9 @@ class PeerLost(Message):
     reason: str
 
 
-AnyMessage = EncodeItem | NewRequest | ItemReady | RequestOutput | ItemDone | Abort | Shutdown | Heartbeat | PeerLost
+AnyMessage = (
+    EncodeItem | NewRequest | ItemReady | KvReady | RequestOutput | ItemDone | Abort | Shutdown | Heartbeat | PeerLost
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

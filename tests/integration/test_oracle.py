@@ -99,6 +99,10 @@ CASES = [
     ("1e1p", "shm"),
     ("1e1p", "zmq"),
     ("2e1p", "nccl"),
+    ("1e1p1d", "nccl"),
+    ("1e1p1d", "shm"),
+    ("1e1p1d", "zmq"),
+    ("2e1p1d", "shm"),
 ]
 
 
@@ -151,6 +155,7 @@ GPU_CASES = [
     ("2e1p", "shm"),
     ("1e1p", "nccl"),
     ("2e1p", "nccl"),
+    ("1e1p1d", "shm"),
 ]
 
 
@@ -159,7 +164,7 @@ GPU_CASES = [
 @pytest.mark.parametrize(("topology", "transfer"), GPU_CASES, ids=[f"{t}-{b}" for t, b in GPU_CASES])
 def test_epd_on_gpu_equals_transformers(tmp_path, tiny_qwen25vl, requests_file, reference, topology, transfer):
     """Same oracle with the ranks on GPUs (float32, so NCCL and CUDA IPC carry the embeddings)."""
-    world = {"colocated": 1, "1e1p": 2, "2e1p": 3}[topology]
+    world = {"colocated": 1, "1e1p": 2, "2e1p": 3, "1e1p1d": 3}[topology]
     if transfer == "nccl" and world > torch.cuda.device_count():
         pytest.skip(f"nccl with {topology} needs {world} GPUs")
     run_dir = tmp_path / "run"
