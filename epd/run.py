@@ -85,6 +85,16 @@ def launch(dcfg: DictConfig) -> int:
 
     raw = OmegaConf.to_container(dcfg, resolve=True)
     raw["run_dir"] = HydraConfig.get().runtime.output_dir
+    if under_launcher():  # torchrun over several nodes: its layout is the job's
+        world, local = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        if local < world:
+            raw["launch"] = {
+                **raw.get("launch", {}),
+                "nnodes": world // local,
+                "node_rank": int(os.environ["GROUP_RANK"]),
+            }
+            if not raw["launch"].get("master_port"):
+                raw["launch"]["master_port"] = int(os.environ["MASTER_PORT"])
     cfg = with_defaults(build_run_config(raw))
     from epd.models import detect_family, resolve_checkpoint
 
@@ -155,6 +165,8 @@ def prepare_run(cfg, config_file: Path) -> None:
     from epd.workload import build_workload, save_requests
 
     save_run_config(cfg, config_file)
+    if cfg.launch.node_rank != 0:  # the workload is the frontend's, which runs on node 0
+        return
     run_dir = Path(cfg.run_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(cfg.model))
     requests = build_workload(cfg.workload, run_dir / "media", tokenizer=tokenizer)

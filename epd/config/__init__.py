@@ -44,7 +44,12 @@ class RunConfig:
     """Directory shared by all ranks: results.json, media of synthetic workloads, logs."""
 
     def __post_init__(self) -> None:
-        check_devices(self.device, self.topology, self.transfer.backend)
+        check_devices(self.device, self.topology, self.transfer.backend, self.launch.nnodes)
+        if self.launch.nnodes > 1 and self.transfer.backend == "shm":
+            raise ValueError(
+                f"transfer=shm moves data through one host's memory, but this job spans {self.launch.nnodes} nodes: "
+                "use transfer=nccl (GPUs) or transfer=zmq (any host)"
+            )
 
 
 def build_run_config(data: dict[str, Any]) -> RunConfig:

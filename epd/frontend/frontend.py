@@ -99,7 +99,7 @@ class Frontend:
                 cfg.scheduler.decode_policy, cfg.topology.decode_ranks, cfg.engine.block_size
             )
         self.channel = Channel(
-            FRONTEND, store, secret, job_roles(cfg.topology), bind_host, cfg.launch.max_message_bytes
+            FRONTEND, store, secret, job_roles(cfg.topology, cfg.launch.nnodes), bind_host, cfg.launch.max_message_bytes
         )
         self.inflight: dict[str, Tracked] = {}
         self.records: list[RequestRecord] = []  # finished, in the order they finished
@@ -209,7 +209,11 @@ class Frontend:
             for it, enc in zip(tracked.items, tracked.encoders, strict=True)
         ]
         return NewRequest(
-            request_id=req.id, prompt_token_ids=prompt_ids, items=refs, sampling=sampling, decode_rank=tracked.decode_rank
+            request_id=req.id,
+            prompt_token_ids=prompt_ids,
+            items=refs,
+            sampling=sampling,
+            decode_rank=tracked.decode_rank,
         )
 
     def send_item(self, tracked: Tracked, item: MediaItemInfo, enc: int) -> None:

@@ -9,9 +9,10 @@ from epd.launch.topology import TopologyConfig
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def check_devices(device: str, topology: TopologyConfig, transfer_backend: str = "nccl") -> None:
+def check_devices(device: str, topology: TopologyConfig, transfer_backend: str = "nccl", nnodes: int = 1) -> None:
     """``ValueError`` if the run asks for GPUs this machine does not have, or for NCCL between
-    ranks that would share a GPU (NCCL refuses two ranks on one device)."""
+    ranks that would share a GPU (NCCL refuses two ranks on one device); ranks are split evenly over
+    ``nnodes`` nodes, each with this machine's GPUs."""
     if device not in DEVICES:
         raise ValueError(f"device={device!r} is not one of {', '.join(DEVICES)}")
     count = torch.cuda.device_count() if device != "cpu" else 0
@@ -25,7 +26,8 @@ def check_devices(device: str, topology: TopologyConfig, transfer_backend: str =
             raise ValueError(
                 f"topology {topology.name!r}: rank {rank} wants GPU {gpu} but only {count} GPU(s) are visible"
             )
-    gpus = [gpu_index(topology, rank, rank) for rank in range(topology.world_size)]
+    per_node = max(1, topology.world_size // nnodes)
+    gpus = [(rank // per_node, gpu_index(topology, rank, rank % per_node)) for rank in range(topology.world_size)]
     if transfer_backend == "nccl" and len(set(gpus)) < len(gpus):
         raise ValueError(
             f"topology {topology.name!r} puts {len(gpus)} ranks on {count} GPU(s), and NCCL cannot connect two "

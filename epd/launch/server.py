@@ -73,7 +73,7 @@ class RankServer:
         self.ctx = ctx
         self.rank = ctx.rank
         self.frontend = frontend
-        roles = job_roles(cfg.topology)
+        roles = job_roles(cfg.topology, cfg.launch.nnodes)
         self.channel = Channel(rank_name(ctx.rank), store, secret, roles, bind_host, cfg.launch.max_message_bytes)
         inst = cfg.topology.instance_at(ctx.rank)
         if inst.tp > 1:
@@ -89,10 +89,15 @@ class RankServer:
             store.set(f"epd/loaded/{ctx.rank}", "1")
         if inst.role in ("language", "colocated", "prefill", "decode"):
             # the KV cache is sized from the memory left on the device: encoders sharing this GPU load first
+            per_node = ctx.local_world_size or ctx.world_size
+            node = ctx.rank // per_node
             shared = [
                 r
                 for r in cfg.topology.encoder_ranks
-                if r != ctx.rank and device.type == "cuda" and gpu_index(cfg.topology, r, r) == device.index
+                if r != ctx.rank
+                and r // per_node == node
+                and device.type == "cuda"
+                and gpu_index(cfg.topology, r, r % per_node) == device.index
             ]
             if shared:
                 store.wait([f"epd/loaded/{r}" for r in shared])

@@ -27,9 +27,10 @@ from pathlib import Path
 from epd.config import RunConfig
 from epd.launch import exit_codes
 from epd.launch.exit_codes import describe_exit
-from epd.launch.secret import SECRET_ENV, job_id, new_secret, parse_secret
-from epd.launch.store import serve_store
-from epd.protocol import FRONTEND, LAUNCHER, Channel, PeerLost, job_roles
+from epd.launch.secret import SECRET_ENV, job_id, new_secret, parse_secret, secret_from_env
+from epd.launch.store import connect_store, serve_store
+from epd.net import reachable_address
+from epd.protocol import FRONTEND, Channel, PeerLost, job_roles, launcher_name
 from epd.protocol.auth import Rejected, seal_value
 from epd.transfer.cleanup import remove_job_segments
 
@@ -42,17 +43,49 @@ for the ranks to come up."""
 
 
 def spawn_job(cfg: RunConfig, config_file: Path) -> int:
-    """Run the job's ranks and frontend on this node; returns the job's exit code (``exit_codes``)."""
+    """Run the job's ranks on this node (and its frontend on node 0); returns the job's exit code."""
     return Supervisor(cfg, config_file).run()
+
+
+def node_ranks(cfg: RunConfig) -> list[int]:
+    """The ranks this node runs: the job's ranks split evenly over ``launch.nnodes``, node 0 first."""
+    launch, world = cfg.launch, cfg.topology.world_size
+    if world % launch.nnodes:
+        raise ValueError(
+            f"topology {cfg.topology.name!r} has {world} ranks, which launch.nnodes={launch.nnodes} nodes cannot "
+            "share evenly: pick a node count that divides it"
+        )
+    per = world // launch.nnodes
+    return list(range(launch.node_rank * per, (launch.node_rank + 1) * per))
 
 
 class Supervisor:
     def __init__(self, cfg: RunConfig, config_file: Path) -> None:
         self.cfg = cfg
         self.config_file = config_file
-        self.secret_hex = new_secret()
-        self.secret = parse_secret(self.secret_hex)
-        self.store, self.port = serve_store("127.0.0.1")
+        launch = cfg.launch
+        self.multi_node = launch.nnodes > 1
+        self.head = launch.node_rank == 0  # node 0 runs the store and the frontend
+        self.local = node_ranks(cfg)
+        if self.multi_node:
+            secret = secret_from_env()
+            if secret is None:
+                raise ValueError(
+                    f"a multi-node job needs {SECRET_ENV} set to the same secret on every node; make one with "
+                    "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+                )
+            self.secret_hex, self.secret = secret.hex(), secret
+            self.store_host = launch.master_addr
+            if self.head:
+                bind = launch.bind_address if launch.bind_address != "auto" else launch.master_addr
+                self.store, self.port = serve_store(bind, launch.master_port)
+            else:
+                self.store, self.port = connect_store(launch.master_addr, launch.master_port), launch.master_port
+        else:
+            self.secret_hex = new_secret()
+            self.secret = parse_secret(self.secret_hex)
+            self.store_host = "127.0.0.1"
+            self.store, self.port = serve_store("127.0.0.1")
         self.ranks: dict[int, subprocess.Popen] = {}
         self.frontend: subprocess.Popen | None = None
         self.signals: list[int] = []
@@ -64,7 +97,9 @@ class Supervisor:
         channel = None
         try:
             self._start()
-            channel = Channel(LAUNCHER, self.store, self.secret, job_roles(self.cfg.topology))
+            bind = "127.0.0.1" if not self.multi_node else reachable_address(self.store)
+            roles = job_roles(self.cfg.topology, self.cfg.launch.nnodes)
+            channel = Channel(launcher_name(self.cfg.launch.node_rank), self.store, self.secret, roles, bind)
             return self._watch(channel)
         finally:
             self._stop_all()
@@ -78,14 +113,16 @@ class Supervisor:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single node: gloo's sockets on loopback only
+        if not self.multi_node:
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # single node: gloo's sockets on loopback only
         env.update(
             {
                 SECRET_ENV: self.secret_hex,
-                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_ADDR": self.store_host,
                 "MASTER_PORT": str(self.port),
                 "WORLD_SIZE": str(self.cfg.topology.world_size),
-                "LOCAL_WORLD_SIZE": str(self.cfg.topology.world_size),
+                "LOCAL_WORLD_SIZE": str(len(self.local)),
+                "GROUP_RANK": str(self.cfg.launch.node_rank),
                 "EPD_LAUNCHER_PID": str(os.getpid()),
                 **extra,
             }
@@ -93,12 +130,13 @@ class Supervisor:
         return env
 
     def _start(self) -> None:
-        for rank in range(self.cfg.topology.world_size):
-            env = self._env(RANK=str(rank), LOCAL_RANK=str(rank))
+        for local, rank in enumerate(self.local):
+            env = self._env(RANK=str(rank), LOCAL_RANK=str(local))
             cmd = [sys.executable, "-m", "epd.launch.worker", str(self.config_file)]
             self.ranks[rank] = _popen(cmd, env)
-        cmd = [sys.executable, "-m", "epd.frontend", str(self.config_file), "127.0.0.1", str(self.port)]
-        self.frontend = _popen(cmd, self._env())
+        if self.head:
+            cmd = [sys.executable, "-m", "epd.frontend", str(self.config_file), self.store_host, str(self.port)]
+            self.frontend = _popen(cmd, self._env())
 
     def _on_signal(self, signum: int, frame) -> None:
         self.signals.append(signum)
@@ -106,6 +144,8 @@ class Supervisor:
     # ---- watch ----------------------------------------------------------------------------------
 
     def _watch(self, channel: Channel) -> int:
+        if not self.head:
+            return self._watch_ranks(channel)
         forwarded = 0
         deadline = orphaned = None
         while True:
@@ -119,13 +159,7 @@ class Supervisor:
             code = self.frontend.poll()
             if code is not None:
                 return self._frontend_ended(code)
-            if self.frontend_known is False and self.store.check([f"epd/addr/{FRONTEND}"]):
-                try:  # read once, as soon as the frontend published it
-                    channel.resolve([FRONTEND])
-                    self.frontend_known = True
-                except Rejected as exc:
-                    log.error("epd: the frontend's address in the store is not this job's (%s)", exc.detail)
-                    self.frontend_known = None
+            self._resolve_frontend(channel)
             if all(p.poll() is not None for p in self.ranks.values()):
                 orphaned = orphaned or time.monotonic()
                 if time.monotonic() - orphaned > self.cfg.launch.shutdown_grace_s:
@@ -141,6 +175,33 @@ class Supervisor:
                 log.error("epd: the frontend did not finish after the signal: killing the job")
                 return exit_codes.for_signal(self.signals[0])
             time.sleep(POLL_S)
+
+    def _watch_ranks(self, channel: Channel) -> int:
+        """A node without the frontend: until its ranks end; a signal stops them, a lost one is reported."""
+        stopping = False
+        while any(p.poll() is None for p in self.ranks.values()):
+            if self.signals and not stopping:
+                stopping = True
+                for proc in self.ranks.values():
+                    _signal(proc, signal.SIGTERM)
+            self._resolve_frontend(channel)
+            for rank, proc in self.ranks.items():
+                if rank not in self.reported and proc.poll() is not None:
+                    self.reported.add(rank)
+                    if proc.returncode != 0:
+                        self._rank_lost(channel, rank, proc.returncode)
+            time.sleep(POLL_S)
+        codes = [p.returncode for p in self.ranks.values()]
+        return exit_codes.OK if all(c == 0 for c in codes) else exit_codes.JOB_FAILED
+
+    def _resolve_frontend(self, channel: Channel) -> None:
+        if self.frontend_known is False and self.store.check([f"epd/addr/{FRONTEND}"]):
+            try:  # read once, as soon as the frontend published it
+                channel.resolve([FRONTEND])
+                self.frontend_known = True
+            except Rejected as exc:
+                log.error("epd: the frontend's address in the store is not this job's (%s)", exc.detail)
+                self.frontend_known = None
 
     def _rank_lost(self, channel: Channel, rank: int, returncode: int) -> None:
         role = self.cfg.topology.instance_at(rank).role

@@ -1,6 +1,6 @@
 """Control plane: typed, versioned messages over ZMQ (no pickle), sealed with the job secret."""
 
-from epd.protocol.channel import FRONTEND, LAUNCHER, Channel, job_roles, rank_name
+from epd.protocol.channel import FRONTEND, LAUNCHER, Channel, job_roles, launcher_name, rank_name
 from epd.protocol.messages import (
     PROTOCOL_VERSION,
     Abort,
@@ -41,5 +41,6 @@ __all__ = [
     "decode",
     "encode",
     "job_roles",
+    "launcher_name",
     "rank_name",
 ]

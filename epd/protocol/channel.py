@@ -173,9 +173,14 @@ FRONTEND = "frontend"
 LAUNCHER = "launcher"
 
 
-def job_roles(topology) -> dict[str, str]:
-    """Every process name of a job → its role: the frontend, the launcher and each rank's instance role."""
-    roles = {FRONTEND: "frontend", LAUNCHER: "launcher"}
+def launcher_name(node: int) -> str:
+    """The launcher of node ``node`` (epd's own launcher runs one per node)."""
+    return LAUNCHER if node == 0 else f"{LAUNCHER}{node}"
+
+
+def job_roles(topology, nnodes: int = 1) -> dict[str, str]:
+    """Every process name of a job → its role: the frontend, the launchers and each rank's instance role."""
+    roles = {FRONTEND: "frontend", **{launcher_name(n): "launcher" for n in range(nnodes)}}
     for rank in range(topology.world_size):
         roles[rank_name(rank)] = topology.instance_at(rank).role
     return roles

@@ -55,7 +55,7 @@ def _run_split(side, encoder, prefill_cfg: EngineConfig, decode_cfg: EngineConfi
     return tokens, finals, moved
 
 
-def test_split_equals_transformers(family_setup, references):
+def test_split_equals_transformers(family_setup, references):  # noqa: F811 - fixtures
     side, encoder, _ = family_setup
     tokens, finals, moved = _run_split(
         side, encoder, EngineConfig(max_batch_tokens=7, block_size=4), EngineConfig(block_size=4)
@@ -65,7 +65,7 @@ def test_split_equals_transformers(family_setup, references):
     assert all(out.kv_transfer_bytes > 0 for out in finals.values())
 
 
-def test_decode_side_preempts_and_recomputes(family_setup, references):
+def test_decode_side_preempts_and_recomputes(family_setup, references):  # noqa: F811 - fixtures
     side, encoder, _ = family_setup
     # expanded prompts are 32-68 tokens (+6-9 out): 100 tokens (25 blocks) hold each request alone, and the
     # first two handed over (two-images, text-only) fill it exactly, so the first to grow preempts the other
@@ -75,7 +75,7 @@ def test_decode_side_preempts_and_recomputes(family_setup, references):
     assert sum(out.num_preemptions for out in finals.values()) > 0, "the decode side should have preempted"
 
 
-def test_mismatched_kv_fails_the_request_alone(family_setup):
+def test_mismatched_kv_fails_the_request_alone(family_setup):  # noqa: F811 - a fixture
     side, encoder, _ = family_setup
     decode = LanguageEngine(side, EngineConfig(block_size=4), CPU, role="decode")
     req, _ = _workload(side)[1]  # text only
