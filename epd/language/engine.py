@@ -19,6 +19,7 @@ import torch
 from epd.expiring import ExpiringDict, ExpiringSet
 from epd.language.block_manager import BlockManager
 from epd.language.config import EngineConfig
+from epd.language.parallel import TensorParallel
 from epd.language.runner import ModelRunner
 from epd.language.scheduler import Scheduler
 from epd.language.sequence import Sequence
@@ -43,10 +44,12 @@ class LanguageEngine:
         dtype: torch.dtype = torch.float32,
         tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
         role: str = "language",
+        tp: TensorParallel | None = None,
     ) -> None:
         """``tensors``: the language model's weights by name, instead of ``side.weights`` (benchmarks).
         ``role``: ``language`` (prefill and decode), ``prefill`` (hand each request to its decode
-        instance after its first token: ``take_handoffs``) or ``decode`` (``add_prefilled``)."""
+        instance after its first token: ``take_handoffs``) or ``decode`` (``add_prefilled``). ``tp``: this
+        engine leads a tensor-parallel instance (its followers run ``ModelRunner.follow``)."""
         if role not in ("language", "colocated", "prefill", "decode"):
             raise ValueError(f"a language engine cannot play role {role!r}")
         self.role = role
@@ -54,7 +57,7 @@ class LanguageEngine:
         self.side = side
         self.cfg = cfg
         self.device = device
-        self.runner = ModelRunner(side, cfg, device, dtype, tensors)
+        self.runner = ModelRunner(side, cfg, device, dtype, tensors, tp)
         num_blocks = self.runner.allocate_kv()
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.prefix_cache)
         self.scheduler = Scheduler(cfg, self.blocks)
@@ -69,6 +72,10 @@ class LanguageEngine:
     @property
     def capacity_tokens(self) -> int:
         return self.blocks.capacity_tokens
+
+    def close(self) -> None:
+        """Release this engine's followers (tensor parallelism)."""
+        self.runner.stop_followers()
 
     def stats(self) -> dict[str, float]:
         """Load figures for heartbeats (read from another thread: plain counters only)."""
@@ -226,7 +233,10 @@ class LanguageEngine:
         mm = [e.to(self.device) for e in visual + audio]
         mm_rows = torch.cat([visual_rows, audio_rows]).to(self.device)
         mm_embeds = torch.cat(mm) if mm else table.new_empty(0, table.shape[1])
-        seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
+        if self.runner.tp.enabled:  # the table is split over ranks: the step looks it up, media rows travel
+            seq.mm_rows, seq.mm_embeds = mm_rows, mm_embeds
+        else:
+            seq.prompt_embeds = merge_embeddings(ids.to(self.device), table, mm_rows, mm_embeds)
         if self.role == "prefill":  # handed to the decode instance with the KV cache
             seq.mm_rows, seq.mm_embeds = mm_rows, mm_embeds
         deep = [t["deepstack"].to(self.device) for _, t in items if "deepstack" in t]
@@ -246,8 +256,6 @@ class LanguageEngine:
         for seq, _ in batch.prefills:
             if "prefill_start" not in seq.timestamps:
                 seq.stamp("prefill_start")
-            if seq.prompt_embeds is None and seq.mm_rows is not None and seq.num_computed < seq.prompt_len:
-                self._rebuild_prompt_embeds(seq)
         sampled = ModelRunner.sampled_seqs(batch)  # before the counts below move
         tokens = self.runner.run(batch)
         self.steps += 1
@@ -377,15 +385,6 @@ class LanguageEngine:
             self.runner.write_kv(seq.block_table, seq.kv_pending)
             seq.kv_pending = None
             self.blocks.computed(seq)
-
-    def _rebuild_prompt_embeds(self, seq: Sequence) -> None:
-        """A decode instance recomputing a preempted prompt: its rows from the table, media rows from
-        what the prefill instance sent."""
-        ids = torch.tensor(seq.token_ids[: seq.prompt_len], dtype=torch.int64, device=self.device)
-        embeds = self.runner.model.embed_tokens(ids)  # [L, H]
-        if seq.mm_rows is not None:
-            embeds[seq.mm_rows] = seq.mm_embeds.to(embeds.dtype)
-        seq.prompt_embeds = embeds
 
 
 _UNHASHED = itertools.count()

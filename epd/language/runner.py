@@ -15,11 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from epd.language.attention import AttentionMetadata, build_attention
 from epd.language.config import EngineConfig
+from epd.language.lockstep import CAPTURE, FORWARD, REPLAY, STOP, Lockstep
 from epd.language.models import QwenDecoder
-from epd.language.models.loader import checkpoint_tensors, init_random, load_weights
+from epd.language.models.loader import checkpoint_tensors, init_random, lm_name, load_weights
+from epd.language.parallel import TensorParallel, TensorSource
 from epd.language.sampler import sample
 from epd.language.scheduler import Batch
 from epd.language.sequence import Sequence
@@ -32,14 +35,59 @@ CPU_KV_TOKENS = 32768
 """KV capacity on CPU when ``engine.kv_tokens`` is unset (CPU runs are tests and tiny models)."""
 
 
+def _sharded(tensors, shard):
+    """In-memory tensors (checkpoint or HF-module names), each cut to this rank's shard."""
+    for name, tensor in tensors:
+        lm = lm_name(name)
+        yield name, tensor if lm is None else shard(lm, TensorSource(tensor))
+
+
 @dataclass
 class StepInputs:
-    embeds: torch.Tensor  # [N, H]
+    embeds: torch.Tensor | None  # [N, H] (None until looked up, tensor parallel)
     positions: torch.Tensor  # [3, N] float32
     meta: AttentionMetadata
     deepstack: tuple[torch.Tensor, torch.Tensor] | None
-    sample_rows: torch.Tensor  # [S] rows whose logits give a token
+    sample_rows: torch.Tensor | None  # [S] rows whose logits give a token (None: every row)
     sampled: list[Sequence]  # the sequences those rows belong to
+    ids: torch.Tensor | None = None  # [N] int64
+    media_rows: torch.Tensor | None = None  # [M] rows of the step that take media embeddings
+    media_values: torch.Tensor | None = None  # [M, H]
+
+
+def _step_message(inp: StepInputs) -> tuple[list[int], list[torch.Tensor | None]]:
+    """A step as (ints, tensors) for the followers of a tensor-parallel instance (``Lockstep``)."""
+    m = inp.meta
+    ints = [m.num_prefill_tokens, int(m.prefill_from_start), m.num_decodes, len(m.prefill_q_lens)]
+    ints += [*m.prefill_q_lens, *m.prefill_k_lens, *m.decode_context_lens_host]
+    deep_rows, deep_feats = inp.deepstack if inp.deepstack is not None else (None, None)
+    tensors = [inp.ids, inp.media_rows, inp.media_values, inp.positions, m.slot_mapping, m.cu_seqlens_q]
+    tensors += [m.cu_seqlens_k, m.prefill_context_slots, m.decode_block_tables, m.decode_context_lens]
+    tensors += [deep_rows, deep_feats, inp.sample_rows]
+    return ints, tensors
+
+
+def _step_inputs(ints: list[int], tensors: list[torch.Tensor | None]) -> StepInputs:
+    """The inverse of ``_step_message`` on a follower."""
+    num_prefill, from_start, num_decodes, num_seqs = ints[:4]
+    q_lens, k_lens = ints[4 : 4 + num_seqs], ints[4 + num_seqs : 4 + 2 * num_seqs]
+    ids, rows, values, positions, slots, cu_q, cu_k, ctx, tables, lens, deep_rows, deep_feats, sample = tensors
+    meta = AttentionMetadata(
+        slot_mapping=slots,
+        num_prefill_tokens=num_prefill,
+        prefill_q_lens=q_lens,
+        prefill_k_lens=k_lens,
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        prefill_context_slots=ctx,
+        prefill_from_start=bool(from_start),
+        num_decodes=num_decodes,
+        decode_block_tables=tables,
+        decode_context_lens=lens,
+        decode_context_lens_host=ints[4 + 2 * num_seqs :],
+    )
+    deepstack = (deep_rows, deep_feats) if deep_rows is not None else None
+    return StepInputs(None, positions, meta, deepstack, sample, [], ids, rows, values)
 
 
 class ModelRunner:
@@ -50,21 +98,29 @@ class ModelRunner:
         device: torch.device,
         dtype: torch.dtype,
         tensors: Iterable[tuple[str, torch.Tensor]] | None = None,
+        tp: TensorParallel | None = None,
     ) -> None:
+        """``tp``: this rank's place in its instance's tensor-parallel group (the leader runs the engine,
+        the followers ``follow``)."""
         self.cfg = cfg
         self.device = device
         self.dtype = dtype
-        spec = side.spec
+        self.tp = tp or TensorParallel()
+        self.lockstep = Lockstep(self.tp, device) if self.tp.enabled else None
+        self.vocab_size = side.spec.vocab_size
+        spec = self.tp.local_spec(side.spec)
         self.attention = build_attention(cfg.attention, device, spec.head_dim**-0.5, cfg.decode_attention)
         self.model = QwenDecoder(spec, self.attention, device=device, expert_dtype=dtype).to(dtype)
         self.moe_kernel = resolve_kernel(cfg.moe_kernel, device, dtype) if spec.num_experts else None
         self.model.set_moe_kernel(self.moe_kernel)
+        shard = (lambda name, source: self.tp.shard(name, source, side.spec)) if self.tp.enabled else None
         if tensors is not None:  # weights handed over in memory (benchmarks: the same weights as an HF model)
-            load_weights(self.model, tensors)
+            load_weights(self.model, tensors if shard is None else _sharded(tensors, shard))
         elif side.weights is None:
             init_random(self.model)
         else:
-            load_weights(self.model, checkpoint_tensors(side.weights, device))
+            load_weights(self.model, checkpoint_tensors(side.weights, device, shard))
+        self.tp.apply(self.model)
         self.model.eval()
         self.block_size = cfg.block_size
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -84,6 +140,10 @@ class ModelRunner:
             tokens = self._tokens_that_fit()
         else:
             tokens = CPU_KV_TOKENS
+        if self.tp.enabled:  # the instance's ranks hold the same blocks: as many as the fullest rank has room for
+            count = torch.tensor([tokens], dtype=torch.int64)
+            dist.all_reduce(count, op=dist.ReduceOp.MIN, group=self.tp.meta_group)
+            tokens = int(count.item())
         num_blocks = max(2, tokens // self.block_size + 1)  # + block 0, the padding block
         spec = self.model.spec
         shape = (spec.num_layers, 2, num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
@@ -111,7 +171,7 @@ class ModelRunner:
             hidden = self.model(
                 self.model.embed_tokens(ids), torch.arange(n, device=self.device).float().expand(3, -1), meta
             )
-            self.model.logits(hidden[-1:])
+            self._logits(hidden[-1:])
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         scratch_bytes = self.attention.kv_cache.numel() * self.dtype.itemsize
@@ -175,9 +235,51 @@ class ModelRunner:
             logits, greedy = self._replay(batch.decodes)
             return self._sample(logits, sampled, greedy)
         inp = self._prepare(batch)
-        every_row = len(sampled) == inp.embeds.shape[0]  # decodes only: no gather
-        hidden = self.model(inp.embeds, inp.positions, inp.meta, inp.deepstack, None if every_row else inp.sample_rows)
-        return self._sample(self.model.logits(hidden), sampled) if sampled else []
+        if len(sampled) == inp.ids.shape[0]:  # decodes only: no gather
+            inp.sample_rows = None
+        if self.lockstep is not None:
+            self.lockstep.send(FORWARD, *_step_message(inp))
+            inp.embeds = self._embed(inp.ids, inp.media_rows, inp.media_values)
+        hidden = self.model(inp.embeds, inp.positions, inp.meta, inp.deepstack, inp.sample_rows)
+        logits = self._logits(hidden)
+        return self._sample(logits, sampled) if sampled else []
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, V] float32 logits of ``hidden`` (gathered over the vocab shards of a tensor-parallel instance)."""
+        return self.tp.logits(self.model.logits(hidden), self.vocab_size)
+
+    def _embed(self, ids: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
+        """The step's input embeddings: the table's rows for ``ids``, media ``values`` at ``rows``."""
+        embeds = self.model.embed_tokens(ids)  # [N, H]
+        if rows is not None and rows.numel():
+            embeds[rows] = values.to(embeds.dtype)
+        return embeds
+
+    # ---- followers of a tensor-parallel instance ---------------------------------------------------
+
+    @torch.inference_mode()
+    def follow(self) -> None:
+        """A follower's loop: run each step the leader broadcasts, on this rank's shard, until it says stop."""
+        while True:
+            op, ints, tensors = self.lockstep.recv()
+            if op == STOP:
+                return
+            if op == CAPTURE:
+                self.capture_graphs()
+            elif op == REPLAY:
+                bs, width = ints
+                g_in, tables = tensors
+                self.g_in.copy_(g_in)
+                self.g_tables[:bs, :width].copy_(tables)
+                self.graphs[bs].replay()
+            elif op == FORWARD:
+                inp = _step_inputs(ints, tensors)
+                embeds = self._embed(inp.ids, inp.media_rows, inp.media_values)
+                self._logits(self.model(embeds, inp.positions, inp.meta, inp.deepstack, inp.sample_rows))
+
+    def stop_followers(self) -> None:
+        if self.lockstep is not None:
+            self.lockstep.send(STOP, [], [])
 
     @staticmethod
     def sampled_seqs(batch: Batch) -> list[Sequence]:
@@ -189,6 +291,7 @@ class ModelRunner:
         slots: list[torch.Tensor] = []
         positions: list[torch.Tensor] = []
         media: list[tuple[int, torch.Tensor]] = []  # (first row, rows of prompt_embeds)
+        sparse: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows of the step, their media embeddings)
         deep_rows, deep_feats = [], []
         q_lens, k_lens, ctx_slots, sample_rows = [], [], [], []
         from_start = True
@@ -205,6 +308,9 @@ class ModelRunner:
             from_start &= start == 0
             if seq.prompt_embeds is not None and start < seq.prompt_len:
                 media.append((row, seq.prompt_embeds[start : min(end, seq.prompt_len)]))
+            elif seq.mm_rows is not None and start < seq.prompt_len:  # only the media rows are kept
+                inside = (seq.mm_rows >= start) & (seq.mm_rows < end)
+                sparse.append((seq.mm_rows[inside] - start + row, seq.mm_embeds[inside]))
             if seq.deepstack is not None and start < seq.prompt_len:
                 rows_host, feats = seq.deepstack
                 lo, hi = bisect.bisect_left(rows_host, start), bisect.bisect_left(rows_host, end)
@@ -221,9 +327,18 @@ class ModelRunner:
         sample_rows += range(row, row + len(lens))
         dev = self.device
         ids_t = torch.tensor(ids, dtype=torch.int64, device=dev)
-        embeds = self.model.embed_tokens(ids_t)
-        for first, rows in media:  # the merged prompt rows (text and media) replace the table rows
-            embeds[first : first + rows.shape[0]] = rows
+        if self.tp.enabled:  # every rank looks up its vocabulary shard together: only ids and media travel
+            sparse += [(torch.arange(first, first + r.shape[0], device=dev), r) for first, r in media]
+            media = []
+        media_rows = torch.cat([r for r, _ in sparse]) if sparse else None
+        media_values = torch.cat([v for _, v in sparse]) if sparse else None
+        embeds = None
+        if not self.tp.enabled:
+            embeds = self.model.embed_tokens(ids_t)
+            for first, rows in media:  # the merged prompt rows (text and media) replace the table rows
+                embeds[first : first + rows.shape[0]] = rows
+            if media_rows is not None:
+                embeds[media_rows] = media_values.to(embeds.dtype)
         if decode_pos:
             positions.append(torch.tensor(decode_pos, dtype=torch.float32, device=dev).expand(3, -1))
         meta = AttentionMetadata(
@@ -252,6 +367,9 @@ class ModelRunner:
             deepstack=deepstack,
             sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=dev),
             sampled=self.sampled_seqs(batch),
+            ids=ids_t,
+            media_rows=media_rows,
+            media_values=media_values,
         )
 
     def _decode_rows(self, decodes: list[Sequence]) -> tuple[list[int], list[int], list[float], list[int]]:
@@ -317,6 +435,8 @@ class ModelRunner:
         """Capture decode steps for ``graph_batch_sizes`` (up to ``max_num_seqs``); GPU and cuda attention only."""
         if not (self.cfg.cuda_graphs and self.device.type == "cuda" and self.attention.supports_graphs):
             return
+        if self.lockstep is not None and self.tp.rank == 0:
+            self.lockstep.send(CAPTURE, [], [])
         sizes = sorted({b for b in self.cfg.graph_batch_sizes if b <= self.cfg.max_num_seqs})
         if self.model.spec.num_experts and self.moe_kernel == "reference":  # the loop reads counts on the host
             log.warning("engine.moe_kernel=reference runs the experts eagerly: no decode CUDA graphs")
@@ -335,7 +455,7 @@ class ModelRunner:
         self.g_tables = torch.zeros(top, width, dtype=torch.int32, device=dev)
         self.h_tables = torch.zeros(top, width, dtype=torch.int32).pin_memory()
         self.h_tables_np = self.h_tables.numpy()  # the same pinned memory, filled per step
-        self.g_logits = torch.zeros(top, self.model.spec.vocab_size, dtype=torch.float32, device=dev)
+        self.g_logits = torch.zeros(top, self.vocab_size, dtype=torch.float32, device=dev)
         self.g_tokens = torch.zeros(top, dtype=torch.int64, device=dev)
         pool = torch.cuda.graph_pool_handle()
         for bs in reversed(sizes):  # largest first: the smaller graphs reuse its memory pool
@@ -368,7 +488,7 @@ class ModelRunner:
     def _graph_body(self, bs: int, meta: AttentionMetadata) -> None:
         positions = self.g_pos[:bs].expand(3, -1)
         hidden = self.model(self.model.embed_tokens(self.g_ids[:bs]), positions, meta)
-        self.g_logits[:bs] = self.model.logits(hidden)
+        self.g_logits[:bs] = self._logits(hidden)
         self.g_tokens[:bs] = self.g_logits[:bs].argmax(-1)  # greedy tokens, read when no row samples
 
     def _graph_size(self, decodes: list[Sequence]) -> int:
@@ -397,5 +517,7 @@ class ModelRunner:
         self.h_tables_np[n:bs, :width] = 0
         self.g_in.copy_(self.h_in, non_blocking=True)
         self.g_tables[:bs, :width].copy_(self.h_tables[:bs, :width], non_blocking=True)
+        if self.lockstep is not None:
+            self.lockstep.send(REPLAY, [bs, width], [self.g_in, self.g_tables[:bs, :width]])
         self.graphs[bs].replay()
         return self.g_logits[:n], self.g_tokens[:n]

@@ -41,8 +41,9 @@ class Sequence:
     rope_delta: float = 0.0  # decode positions continue at index + rope_delta (fractional for Qwen3-Omni)
     deepstack: tuple[torch.Tensor, torch.Tensor] | None = None  # prompt rows [M] ascending, features [k, M, H]
     item_spans: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, content hash) per item
-    # the media rows of the prompt and their embeddings [M] / [M, H]: what a prefill instance hands over
-    # with the KV cache, and what a decode instance rebuilds ``prompt_embeds`` from if it must recompute
+    # the media rows of the prompt and their embeddings [M] / [M, H], kept where ``prompt_embeds`` is not
+    # (a decode instance, a tensor-parallel one): each step looks the text rows up and places these; a
+    # prefill instance hands them over with the KV cache, so decode can recompute a preempted prompt
     mm_rows: torch.Tensor | None = None
     mm_embeds: torch.Tensor | None = None
     kv_pending: torch.Tensor | None = None  # decode instance: KV received, not yet in blocks

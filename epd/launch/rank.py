@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from epd.config import RunConfig
+from epd.language.lockstep import tensor_parallel_for
 from epd.launch import exit_codes
 from epd.launch.device import rank_device
 from epd.launch.secret import SECRET_ENV, new_secret, parse_secret, secret_from_env, torchrun_secret
@@ -74,13 +75,14 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, 
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's sockets on loopback for a one-node job
     backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, store=dist.PrefixStore("epd_pg", store), rank=ctx.rank, world_size=ctx.world_size)
+    tp = tensor_parallel_for(cfg.topology, ctx.rank, device)  # every rank joins every instance's group
     frontend = None
     if ctx.rank == 0 and not ctx.supervised:
         frontend = _start_frontend(cfg, ctx, secret)
     server = None
     served = False
     try:
-        server = RankServer(cfg, ctx, device, store, secret, bind_host, frontend)
+        server = RankServer(cfg, ctx, device, store, secret, bind_host, frontend, tp)
         store.set(f"epd/ready/{ctx.rank}", "1")
         server.serve()
         served = True

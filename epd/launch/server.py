@@ -24,6 +24,8 @@ import torch.distributed as dist
 from epd.config import RunConfig
 from epd.encoder import EncodeResult, EncoderRole
 from epd.language import LanguageEngine
+from epd.language.parallel import TensorParallel
+from epd.language.runner import ModelRunner
 from epd.launch.device import gpu_index
 from epd.launch.liveness import HeartbeatThread
 from epd.launch.rank import RankContext
@@ -68,6 +70,7 @@ class RankServer:
         secret: bytes,
         bind_host: str,
         frontend: subprocess.Popen | None = None,
+        tp: TensorParallel | None = None,
     ) -> None:
         self.cfg = cfg
         self.ctx = ctx
@@ -76,12 +79,16 @@ class RankServer:
         roles = job_roles(cfg.topology, cfg.launch.nnodes)
         self.channel = Channel(rank_name(ctx.rank), store, secret, roles, bind_host, cfg.launch.max_message_bytes)
         inst = cfg.topology.instance_at(ctx.rank)
-        if inst.tp > 1:
-            raise ValueError(f"topology {cfg.topology.name!r}: tp > 1 is not served yet")
+        tp = tp or TensorParallel()
+        if tp.enabled and inst.role in ("prefill", "decode"):
+            raise ValueError(
+                f"topology {cfg.topology.name!r}: tp > 1 on {inst.role} instances is not supported yet (moving KV "
+                "shards between tensor-parallel instances); use tp on language instances"
+            )
         ckpt = resolve_checkpoint(cfg.model)
         family = detect_family(ckpt)
         dtype = torch_dtype(cfg.model.dtype, device)
-        self.encoder = self.language = None
+        self.encoder = self.language = self.follower = None
         if inst.role in ("encoder", "colocated"):
             tower = family.load_encoder(ckpt, cfg.model.random_init, device, dtype, cfg.model.tower_attention)
             self.encoder = EncoderRole(tower, cfg.media, cfg.encoder, cfg.scheduler, device)
@@ -102,7 +109,11 @@ class RankServer:
             if shared:
                 store.wait([f"epd/loaded/{r}" for r in shared])
             side = family.load_language(ckpt, cfg.model.random_init)
-            self.language = LanguageEngine(side, cfg.engine, device, dtype, role=inst.role)
+            if tp.rank == 0:
+                self.language = LanguageEngine(side, cfg.engine, device, dtype, role=inst.role, tp=tp)
+            else:  # a follower of a tensor-parallel instance: its shard, stepped by the leader
+                self.follower = ModelRunner(side, cfg.engine, device, dtype, tp=tp)
+                self.follower.allocate_kv()
         self.transfer = None
         if ctx.world_size > 1:
             self.transfer = build_transfer(cfg.transfer, ctx.rank, ctx.world_size, device, store, secret, bind_host)
@@ -116,6 +127,9 @@ class RankServer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def serve(self) -> None:
+        if self.follower is not None:
+            self._follow()
+            return
         launch = self.cfg.launch
         topology = self.cfg.topology
         peers = [FRONTEND] + ([rank_name(r) for r in topology.language_ranks] if self.encoder else [])
@@ -148,6 +162,22 @@ class RankServer:
                 if self.transfer is not None:
                     self.transfer.poll()
                 self._check_frontend(heard)
+        finally:
+            beat.stop()
+
+    def _follow(self) -> None:
+        """A follower beats like any rank and runs its leader's steps until the leader stops."""
+        self.channel.resolve([FRONTEND])
+        beat = HeartbeatThread(
+            self.channel,
+            [self.channel.peer_address(FRONTEND)],
+            self.cfg.launch.heartbeat_interval_s,
+            self.ctx.launcher_pid,
+            self.stats,
+        )
+        beat.start()
+        try:
+            self.follower.follow()
         finally:
             beat.stop()
 
@@ -329,6 +359,8 @@ class RankServer:
         )
 
     def close(self) -> None:
+        if self.language is not None:
+            self.language.close()
         if self.encoder is not None:
             self.encoder.close()
         if self.transfer is not None:

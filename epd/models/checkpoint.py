@@ -81,10 +81,14 @@ def safetensors_files(ckpt: Path) -> list[Path]:
 
 
 def read_tensors(
-    ckpt: Path, select: Callable[[str], str | None], device: torch.device
+    ckpt: Path,
+    select: Callable[[str], str | None],
+    device: torch.device,
+    part: Callable[[str, object], torch.Tensor] | None = None,
 ) -> Iterator[tuple[Path, str, str, torch.Tensor]]:
     """``(file, key, name, tensor)`` for every tensor whose ``select(key)`` is a name, read one at a time
-    straight onto ``device``; no other tensor of the checkpoint is read."""
+    straight onto ``device``; no other tensor of the checkpoint is read. ``part(name, slice)`` reads only
+    a part of each (a safetensors slice: ``get_shape()`` and indexing read just the bytes asked for)."""
     from safetensors import safe_open
 
     for file in safetensors_files(ckpt):
@@ -92,4 +96,4 @@ def read_tensors(
             for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 name = select(key)
                 if name is not None:
-                    yield file, key, name, f.get_tensor(key)
+                    yield file, key, name, f.get_tensor(key) if part is None else part(name, f.get_slice(key))

@@ -135,7 +135,10 @@ def estimate_memory(
     ranks = list(range(cfg.topology.world_size)) if ranks_here is None else list(ranks_here)
     num_gpus = torch.cuda.device_count() if available is None else sum(p.startswith("cuda:") for p in available)
     places = {rank: _place(cfg, device_type, rank, local, num_gpus) for local, rank in enumerate(ranks)}
-    needs = [parts.rank(rank, cfg.topology.instances[rank].role, places[rank]) for rank in ranks]
+    needs = [
+        parts.rank(rank, cfg.topology.instance_at(rank).role, places[rank], cfg.topology.instance_at(rank).tp)
+        for rank in ranks
+    ]
     encoders = sum(1 for rank in ranks if rank in cfg.topology.encoder_ranks)
     return MemoryEstimate(
         model=f"{family.name} ({Path(ckpt).name})",
@@ -196,17 +199,21 @@ class _Parts:
         self.kv_tokens = _kv_tokens(cfg.engine, device_type)
         # as epd.language.runner.ModelRunner.kv_bytes_per_token
         self.kv_per_token = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * self.itemsize
+        self.num_kv_heads = spec.num_kv_heads
         self.language_activations = _decoder_activations(spec, cfg.engine, self.itemsize)
 
-    def rank(self, rank: int, role: str, place: str) -> RankMemory:
-        encoder, language = role in ("encoder", "colocated"), role in ("language", "colocated")
+    def rank(self, rank: int, role: str, place: str, tp: int = 1) -> RankMemory:
+        """One rank's need; a rank of a ``tp``-way instance holds 1/tp of the decoder and of its KV heads
+        (at least one KV head: fewer KV heads than ranks are replicated)."""
+        encoder, language = role in ("encoder", "colocated"), role in ("language", "colocated", "prefill", "decode")
         kv_tokens = self.kv_tokens if language else 0
+        kv_share = max(1, self.num_kv_heads // tp) / self.num_kv_heads
         return RankMemory(
             rank=rank,
             role=role,
             place=place,
-            weights=(self.tower_bytes if encoder else 0) + (self.decoder_bytes if language else 0),
-            kv_cache=kv_tokens * self.kv_per_token,
+            weights=(self.tower_bytes if encoder else 0) + (self.decoder_bytes // tp if language else 0),
+            kv_cache=int(kv_tokens * self.kv_per_token * kv_share),
             kv_tokens=kv_tokens,
             # a colocated rank runs its tower and its engine steps one after the other
             activations=max(self.encoder_activations if encoder else 0, self.language_activations if language else 0),
@@ -256,7 +263,9 @@ def _place(cfg: RunConfig, device_type: str, rank: int, local_rank: int, num_gpu
     """Where rank ``rank`` draws memory from; GPUs as ``epd.launch.device.gpu_index`` picks them."""
     if device_type == "cpu":
         return "cpu"
-    gpu = cfg.topology.instances[rank].gpu
+    from epd.launch.device import pinned_gpu
+
+    gpu = pinned_gpu(cfg.topology, rank)
     if gpu is None:
         if num_gpus == 0:
             raise ValueError("device=cuda but no CUDA GPU is visible; use device=cpu (or device=auto)")

@@ -25,6 +25,7 @@ CASES = [
     ("1e1p1d", "shm"),
     ("1e1p1d", "zmq"),
     ("2e1p1d", "shm"),
+    ("1e1p_tp2", "nccl"),  # the language instance over two ranks (gloo on CPU)
 ]
 
 

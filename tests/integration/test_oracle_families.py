@@ -16,19 +16,28 @@ from tests.conftest import read_results, run_epd, write_requests
 from tests.integration.oracle_utils import reference_tokens
 
 MAX_TOKENS = 8
-TOPOLOGIES = [("colocated", "nccl"), ("1e1p", "shm"), ("2e1p", "zmq"), ("1e1p1d", "*"), ("2e1p1d", "shm")]
+TOPOLOGIES = [
+    ("colocated", "nccl"),
+    ("1e1p", "shm"),
+    ("2e1p", "zmq"),
+    ("1e1p1d", "*"),
+    ("2e1p1d", "shm"),
+    ("1e1p_tp2", "zmq"),
+]
 PD_BACKENDS = ("nccl", "shm", "zmq")
 """1e1p1d runs each family over one backend, in turn (test_oracle.py runs every backend on Qwen2.5-VL)."""
 # the language engine's mechanisms, forced on, must not change a token: 1e1p runs with a KV cache far
 # smaller than the concurrent requests need (preemption + recompute) and prefix caching; 2e1p prefills
 # in 16-token chunks and prefills each prompt's text while its items are still encoding
 KV_TOKENS = {"qwen3_omni": 352}
+SMALL_KV = ("1e1p", "1e1p1d", "1e1p_tp2")
 """1e1p's KV cache: room for the family's longest request (prompt + output), not for all of them."""
 ENGINE_KNOBS = {
     "colocated": [],
     # + engine.kv_tokens, per family below; the encoder holds its items for one packed tower call, so the
     # media requests reach the language side together and preemption does not depend on timing
     "1e1p": ["engine.block_size=4", "engine.max_batch_tokens=32", "encoder.max_wait_ms=3000"],
+    "1e1p_tp2": ["engine.block_size=4", "engine.max_batch_tokens=32", "encoder.max_wait_ms=3000"],
     "2e1p": ["engine.max_batch_tokens=16", "engine.block_size=4", "engine.overlap_encode_prefill=true"],
     # prefill chunks, a small KV cache on both sides (the decode instance preempts and recomputes from
     # the media rows the prefill instance sent), the shared chat prefix hitting the prefill's cache
@@ -135,16 +144,16 @@ def test_family_equals_transformers(tmp_path, family_case, media, topology, tran
         f"workload.path={path}",
         f'media.allowed_dirs=["{media}","{path.parent}"]',  # the media live beside, not under, the workload file
         *ENGINE_KNOBS[topology],
-        *([f"engine.kv_tokens={KV_TOKENS.get(family, 160)}"] if topology in ("1e1p", "1e1p1d") else []),
+        *([f"engine.kv_tokens={KV_TOKENS.get(family, 160)}"] if topology in SMALL_KV else []),
     )
     got = {r["id"]: r for r in read_results(run_dir)["requests"]}
     assert set(got) == set(reference)
     for rid, ref in reference.items():
         assert got[rid]["error"] is None, f"{family}/{rid}: {got[rid]['error']}"
         assert got[rid]["output_token_ids"] == ref, f"{family}/{rid} on {topology}/{transfer}"
-    if topology == "1e1p":  # (decode-side preemption of a split: tests/engine/test_engine_pd.py)
+    if topology in ("1e1p", "1e1p_tp2"):  # (decode-side preemption of a split: tests/engine/test_engine_pd.py)
         assert sum(r["num_preemptions"] for r in got.values()) > 0, "the small KV cache should force preemption"
-    if topology in ("1e1p", "1e1p1d"):
+    if topology in SMALL_KV:
         assert sum(r["num_cached_tokens"] for r in got.values()) > 0, "the shared chat prefix should hit"
     if topology.endswith("1d"):
         assert all(r["kv_transfer_bytes"] > 0 for r in got.values()), "every request's KV cache moved"

@@ -27,9 +27,10 @@ def lm_name(name: str) -> str | None:
     return module_name(name, (*PREFIXES, ""), ROOTS)
 
 
-def checkpoint_tensors(ckpt: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """The language-model tensors of a safetensors checkpoint, read one at a time onto ``device``."""
-    for _, key, _, tensor in read_tensors(ckpt, lm_name, device):
+def checkpoint_tensors(ckpt: Path, device: torch.device, shard=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The language-model tensors of a safetensors checkpoint, read one at a time onto ``device``;
+    ``shard(name, slice)`` (tensor parallelism) reads only a rank's part of each."""
+    for _, key, _, tensor in read_tensors(ckpt, lm_name, device, shard):
         yield key, tensor
 
 
