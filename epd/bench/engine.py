@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import math
 import statistics
 import sys
@@ -180,12 +181,16 @@ def hf_max_concurrent(model, context: int, device, budget: float, vocab: int = 1
 # ---- epd -------------------------------------------------------------------------------------------
 
 
+_RUNS = itertools.count()
+
+
 def epd_run(engine: LanguageEngine, prompts: list[list[int]], new: int) -> tuple[dict[str, list[int]], list[float]]:
-    """Serve ``prompts`` (all at once); tokens per request and the wall time of every step."""
+    """Serve ``prompts`` (all at once); tokens per request (``b<i>``) and the wall time of every step."""
+    run = next(_RUNS)  # request ids are never reused: an engine drops a repeat of an id it has served
     for i, ids in enumerate(prompts):
         engine.add_request(
             NewRequest(
-                request_id=f"b{i}",
+                request_id=f"b{i}.{run}",
                 prompt_token_ids=ids,
                 items=[],
                 sampling=SamplingParams(max_tokens=new, ignore_eos=True),
@@ -198,7 +203,7 @@ def epd_run(engine: LanguageEngine, prompts: list[list[int]], new: int) -> tuple
         outs = engine.step()  # returns after the step's tokens reached the host
         times.append(time.perf_counter() - start)
         for out in outs:
-            tokens.setdefault(out.request_id, []).extend(out.token_ids)
+            tokens.setdefault(out.request_id.rpartition(".")[0], []).extend(out.token_ids)
     return tokens, times
 
 

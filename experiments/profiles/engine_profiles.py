@@ -28,6 +28,7 @@ def kernels(prof, per: int, top: int) -> None:
 
 
 def serve(engine: LanguageEngine, tag: str, prompts: list[list[int]]) -> None:
+    tag = f"{tag}.{time.monotonic_ns()}"  # an engine drops a repeat of a request id it has served
     for i, ids in enumerate(prompts):
         sampling = SamplingParams(max_tokens=4, ignore_eos=True)
         engine.add_request(NewRequest(request_id=f"{tag}{i}", prompt_token_ids=ids, items=[], sampling=sampling))
