@@ -115,10 +115,13 @@ class TowerEncoder(ABC):
         if lock is None:
             with _LOCK_GUARD:
                 lock = self.__dict__.setdefault("_processor_lock", threading.Lock())
+        prep = self._device_preprocessor
+        if prep is not None:
+            prep.stage(inp)  # the upload needs no lock
         with lock:
             inp.features = self._process(inp)
-        if self._device_preprocessor is not None:
-            self._device_preprocessor.synchronize()
+        if prep is not None:
+            prep.synchronize()
         return inp
 
     def run_processor(self, **kwargs: Any) -> Any:

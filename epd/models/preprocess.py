@@ -15,13 +15,15 @@ returns the features to the host (within ~1e-5 of the host's float32, not bit-eq
 Streams: the threads that preprocess (the encoder's decode threads) issue their work on one side
 stream and each waits for an event of its own call before the item is handed to the tower loop, so
 preprocessing overlaps the tower's kernels on the default stream instead of queueing behind them.
-The tensors it produced are read on the tower's stream (``claim_for_current_stream``).
+The tensors it produced are read on the tower's stream (``claim_for_current_stream``). A thread's
+upload (``stage``: pinned host copy, then an async copy) runs before it takes the processor's lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import threading
 from typing import Any
@@ -74,6 +76,15 @@ class DevicePreprocessor:
                 self._local.done.record(self._stream)
         return out
 
+    def stage(self, inp: Any) -> None:
+        """Upload one ``MediaInput``'s image or video frames to the device now, in place (the encoder calls
+        this before taking the processor's lock, so the host copy into pinned memory overlaps other items)."""
+        with self._on_stream():
+            if inp.modality == "image" and isinstance(inp.data, torch.Tensor):
+                inp.data = self._to_device(inp.data)
+            elif inp.modality == "video" and isinstance(inp.data.frames, np.ndarray):
+                inp.data = dataclasses.replace(inp.data, frames=self._to_device(inp.data.frames))
+
     def synchronize(self) -> None:
         """Wait until the work this thread queued last has finished on the device."""
         done = getattr(self._local, "done", None)
@@ -92,7 +103,7 @@ class DevicePreprocessor:
             media = torch.from_numpy(media)
         if not isinstance(media, torch.Tensor):
             return media
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or media.device.type != "cpu":
             return media.to(self.device)
         # a pinned copy with the same strides (decoded images are [3, H, W] views of [H, W, 3] memory), so
         # both copies are flat and the upload runs at the link's rate without holding up this thread
