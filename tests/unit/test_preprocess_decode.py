@@ -83,6 +83,14 @@ def test_jpeg_and_8bit_png_skip_pillows_decoder(tmp_path):
             assert (_torchvision_decode(data, img) is not None) == (name in direct), name
 
 
+def outcome(load, source: str) -> int | str:
+    """The decoded pixels' sum (layout-free), or ``refused``."""
+    try:
+        return int(np.asarray(load(source), dtype=np.int64).sum())
+    except MediaError:
+        return "refused"
+
+
 def test_policy_limits_and_errors_are_load_images(tmp_path):
     cfg = MediaConfig(allowed_dirs=[str(tmp_path)])
     path = cases(tmp_path)["jpeg"]
@@ -99,6 +107,11 @@ def test_policy_limits_and_errors_are_load_images(tmp_path):
             load_image_tensor(str(tmp_path / name), cfg=cfg)
         with pytest.raises(MediaError, match=f"cannot decode image .*{name}"):
             load_image(str(tmp_path / name), cfg=cfg)
+    for name in ("jpeg", "png"):  # cut anywhere: both loaders refuse, or both read the same pixels
+        data = Path(cases(tmp_path)[name]).read_bytes()
+        for cut in (len(data) - 1, len(data) - 12, len(data) - 400, 300):
+            uri = f"data:image/{name};base64," + base64.b64encode(data[:cut]).decode()
+            assert outcome(load_image, uri) == outcome(load_image_tensor, uri), f"{name} cut at {cut}"
     (tmp_path / "text.png").write_bytes(b"not an image at all")
     with pytest.raises(MediaError, match="not an image in a format epd reads"):
         load_image_tensor(str(tmp_path / "text.png"), cfg=cfg)
