@@ -1,8 +1,10 @@
-"""``EncoderConfig`` (the ``encoder`` config group): batching, decode threads and the embedding cache."""
+"""``EncoderConfig`` (the ``encoder`` config group): batching, decode threads, preprocessing and the embedding cache."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from epd.models.preprocess import PREPROCESS_MODES
 
 
 @dataclass(kw_only=True)
@@ -19,6 +21,11 @@ class EncoderConfig:
     runs anyway. 0 = run as soon as the tower is free with whatever is decoded (continuous batching)."""
     decode_threads: int = 2
     """Threads that fetch and decode media, so decoding the next items overlaps the tower."""
+    preprocess_device: str = "auto"
+    """Where the processor's media math (resize, rescale, normalise, patchify; mel features) runs:
+    ``host`` = the checkpoint's HF processor on the CPU; ``device`` = the same processor code on the
+    encoder's device (images decoded straight to tensors; on a CPU encoder, torch on the CPU);
+    ``auto`` = ``device`` on a GPU, ``host`` on the CPU. Tokenizing the placeholders stays on the host."""
     cache_device_bytes: int = 512 << 20
     """Embedding cache, device tier: bytes of embeddings kept where the tower ran (LRU); 0 = off."""
     cache_host_bytes: int = 2 << 30
@@ -34,6 +41,9 @@ class EncoderConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"encoder.{key}={value!r}: set a byte count of 0 (off) or more")
+        if self.preprocess_device not in PREPROCESS_MODES:
+            modes = ", ".join(PREPROCESS_MODES)
+            raise ValueError(f"encoder.preprocess_device={self.preprocess_device!r}: choose one of {modes}")
         if not self.max_wait_ms >= 0:
             raise ValueError(f"encoder.max_wait_ms={self.max_wait_ms!r}: set 0 or more milliseconds")
 

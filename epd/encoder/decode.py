@@ -6,7 +6,10 @@ the next items overlaps the tower working on the current batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 from epd.media import MediaConfig, MediaError, load_audio, load_image, load_video, load_video_audio
+from epd.media.image import load_image_tensor
 from epd.models import MediaInput, TowerEncoder
 from epd.protocol import EncodeItem
 from epd.scheduler.config import SchedulerConfig
@@ -28,8 +31,9 @@ class MediaDecoder:
             raise MediaError(
                 f"this model takes {', '.join(self.encoder.modalities)} input, not {msg.modality} ({msg.source[:64]})"
             )
-        if msg.modality == "image":
-            return MediaInput(modality="image", data=load_image(msg.source, cfg=self.media))
+        if msg.modality == "image":  # straight to a uint8 tensor when the processor's math runs on the device
+            load = load_image if self.encoder.preprocess_device is None else load_image_tensor
+            return MediaInput(modality="image", data=load(msg.source, cfg=self.media))
         if msg.modality == "video":
             sampling = self.encoder.frame_sampling(self.media)
             if self.media.use_audio_in_video and self.encoder.audio_in_video:
@@ -41,10 +45,18 @@ class MediaDecoder:
     def num_tokens(self, inp: MediaInput) -> int:
         """Estimated tower output tokens of a decoded item (the batch budget's unit)."""
         if inp.modality == "image":
-            hints = {"width": inp.data.width, "height": inp.data.height}
+            height, width = image_hw(inp.data)
+            hints = {"width": width, "height": height}
         elif inp.modality == "video":
             frames = inp.data.frames  # [T, H, W, 3]
             hints = {"frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])}
         else:
             hints = {"seconds": float(inp.data.duration)}
         return estimate_tokens(inp.modality, hints, self.scheduler, self.image_processor)
+
+
+def image_hw(image: Any) -> tuple[int, int]:
+    """(height, width) of a decoded image: a PIL image or a tensor [..., H, W]."""
+    if hasattr(image, "height"):
+        return image.height, image.width
+    return int(image.shape[-2]), int(image.shape[-1])

@@ -77,6 +77,7 @@ class EncoderRole:
         self.encoder = encoder
         self.media = media
         self.cfg = cfg or EncoderConfig()
+        encoder.set_preprocess_device(self.cfg.preprocess_device)  # before the decoder asks where it runs
         self.decoder = MediaDecoder(encoder, media, scheduler)
         self.rule = BatchRule(
             max_batch_tokens=self.cfg.max_batch_tokens,

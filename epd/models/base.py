@@ -31,7 +31,7 @@ class MediaInput:
 
     modality: str
     data: Any
-    """PIL image, ``epd.media.VideoClip`` or ``epd.media.AudioClip``."""
+    """Image (PIL, or uint8 tensor [3, H, W] for the device path), ``epd.media.VideoClip`` or ``epd.media.AudioClip``."""
     sampling: Any = None
     """Video: the ``epd.media.FrameSampling`` that chose the frames (the processor needs its fps)."""
     audio: Any = None
@@ -78,23 +78,58 @@ class TowerEncoder(ABC):
     """Rate the family's feature extractor wants audio at."""
     audio_in_video: bool = False
     """Whether the family can take a video's audio track with it (``media.use_audio_in_video``)."""
+    processor: Any
+    """The checkpoint's HF processor (its tokenizer part always runs on the host)."""
+    device: torch.device
+    """Where the towers run."""
+    _device_preprocessor: Any = None  # epd.models.preprocess.DevicePreprocessor, or None: the host processor
 
     def frame_sampling(self, media: Any) -> Any:
         """Which video frames to decode (``epd.media.FrameSampling``); families with video override."""
         raise ValueError("this model takes no video")
 
+    def set_preprocess_device(self, mode: str) -> None:
+        """Where the processor's media math runs (``encoder.preprocess_device``: ``auto``, ``host`` or
+        ``device``; ``epd.models.preprocess``). Until this is called it runs on the host."""
+        from epd.models.preprocess import DevicePreprocessor, resolve_preprocess_device, runs_on_device
+
+        where = resolve_preprocess_device(mode, self.device)
+        if where is not None and mode == "auto" and not runs_on_device(self.processor):
+            where = None  # a processor without torch math (PIL backend) stays on the host unless asked
+        self._device_preprocessor = None if where is None else DevicePreprocessor(self.processor, where)
+
+    @property
+    def preprocess_device(self) -> torch.device | None:
+        """Where ``preprocess`` resizes, normalises and patchifies (None: the HF processor on the host).
+        With a device, decoded images are best handed over as uint8 tensors [3, H, W]."""
+        prep = self._device_preprocessor
+        return None if prep is None else prep.device
+
     def preprocess(self, inp: MediaInput) -> MediaInput:
         """Run the family's processor on one item (resize, normalise, patchify; mel features), keeping
         the output on ``inp.features``. The encoder's decode threads call this, so processing overlaps
         the tower calls; calls are serialised by a lock (the processor's tokenizer is not safe to
-        share between threads), which still leaves the torch and PIL work free of the GIL."""
+        share between threads), which still leaves the torch and PIL work free of the GIL. On the device
+        path this returns once the item's device work is done (waited for outside the lock)."""
         lock = self.__dict__.get("_processor_lock")
         if lock is None:
             with _LOCK_GUARD:
                 lock = self.__dict__.setdefault("_processor_lock", threading.Lock())
+        prep = self._device_preprocessor
+        if prep is not None:
+            prep.stage(inp)  # the upload needs no lock
         with lock:
             inp.features = self._process(inp)
+        if prep is not None:
+            prep.synchronize()
         return inp
+
+    def run_processor(self, **kwargs: Any) -> Any:
+        """The family's processor on one item's placeholder ``text`` and media (the keyword arguments of
+        ``processor(...)``): on the host, or with the media math on ``preprocess_device``."""
+        if self._device_preprocessor is None:
+            return self.processor(return_tensors="pt", **kwargs)
+        return self._device_preprocessor(**kwargs)
 
     def _features(self, inputs: list[MediaInput]) -> list[Any]:
         """Each item's processor output: from ``preprocess`` where it ran, else computed now."""

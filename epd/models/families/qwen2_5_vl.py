@@ -69,7 +69,7 @@ class Qwen25Encoder(TowerEncoder):
         return out
 
     def _process(self, inp: MediaInput) -> Any:
-        return self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **processor_kwargs(inp))
+        return self.run_processor(text=[PLACEHOLDER_TEXT[inp.modality]], **processor_kwargs(inp))
 
     def _info(self, feat: Any, grid: torch.Tensor) -> dict[str, Any]:
         info: dict[str, Any] = {"grid_thw": grid[0].tolist()}

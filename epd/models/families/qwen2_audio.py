@@ -51,7 +51,7 @@ class Qwen2AudioEncoder(TowerEncoder):
         self.type_of = {config.audio_token_id: AUDIO}
 
     def _process(self, inp: MediaInput) -> Any:
-        return self.processor(text=[PLACEHOLDER_TEXT], return_tensors="pt", **processor_kwargs(inp))
+        return self.run_processor(text=[PLACEHOLDER_TEXT], **processor_kwargs(inp))
 
     @torch.inference_mode()
     def encode(self, inputs: list[MediaInput]) -> list[EncodedItem]:

@@ -136,7 +136,7 @@ class OmniEncoder(TowerEncoder):
         return out
 
     def _process(self, inp: MediaInput) -> Any:
-        return self.processor(text=[PLACEHOLDER_TEXT[inp.modality]], return_tensors="pt", **self._kwargs(inp))
+        return self.run_processor(text=[PLACEHOLDER_TEXT[inp.modality]], **self._kwargs(inp))
 
     @staticmethod
     def _kwargs(inp: MediaInput) -> dict[str, Any]:

@@ -80,10 +80,16 @@ def run_vision_tower(visual: torch.nn.Module, pixels: list[torch.Tensor], grids:
 
 
 def cat_to_device(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Host tensors concatenated on dim 0, on ``device``; to a GPU through one pinned buffer, so the
-    copy runs at the link's rate and does not wait for the host."""
+    """Tensors concatenated on dim 0, on ``device``. Host tensors go to a GPU through one pinned buffer,
+    so the copy runs at the link's rate and does not wait for the host; tensors the device preprocessing
+    already left there are claimed for this stream (``epd.models.preprocess``) and concatenated in place."""
     if device.type != "cuda":
         return torch.cat(tensors).to(device)
+    if any(t.is_cuda for t in tensors):
+        from epd.models.preprocess import claim_for_current_stream
+
+        claim_for_current_stream(tensors)
+        return torch.cat([t.to(device) for t in tensors])
     first = tensors[0]
     staged = torch.empty((sum(t.shape[0] for t in tensors), *first.shape[1:]), dtype=first.dtype, pin_memory=True)
     torch.cat(tensors, out=staged)
