@@ -25,7 +25,17 @@ from tests.conftest import REPO
 
 # what a source distribution of epd holds: enough to build and install it
 PROJECT_FILES = ("pyproject.toml", "README.md", "epd", "kernels")
-CONSOLE_SCRIPTS = ("epd-run", "epd-report", "epd-tiny", "epd-bench-transfer", "epd-bench-engine", "epd-bench-host")
+CONSOLE_SCRIPTS = (
+    "epd-run",
+    "epd-report",
+    "epd-tiny",
+    "epd-results",
+    "epd-bench-transfer",
+    "epd-bench-engine",
+    "epd-bench-host",
+    "epd-bench-kv",
+    "epd-bench-preprocess",
+)
 
 
 def _env() -> dict[str, str]:

@@ -18,6 +18,9 @@ COMMANDS = {
     "epd.bench.engine": ["--smoke", "transformers", "floor"],
     "epd.bench.host": ["host work", "batch 1 and 32"],
     "epd_kernels.bench": ["--only", "merge", "rope"],
+    "epd.bench.kv": ["transfer=VALUE", "tokens=VALUE", "reference"],
+    "epd.bench.preprocess": ["--device", "host", "floor"],
+    "epd.results": ["records.jsonl", "run_dir"],
 }
 
 
