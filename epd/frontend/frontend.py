@@ -69,6 +69,16 @@ class Tracked:
     """With a prefill/decode split: the decode instance that continues it (-1: none)."""
     items: list[MediaItemInfo] = field(default_factory=list)
     encoders: list[int] = field(default_factory=list)
+    early: dict[int, tuple[list[int], float]] = field(default_factory=dict)
+    """Tokens that arrived ahead of earlier ones (offset → tokens, arrival): a decode instance can be
+    heard from before the prefill instance's first token."""
+    final: RequestOutput | None = None
+    """The output that ended the request, held until every token before it has arrived."""
+
+    @property
+    def language_ranks(self) -> set[int]:
+        """The ranks that may hold this request on the language side (its prefill and decode instances)."""
+        return {self.language_rank} | ({self.decode_rank} if self.decode_rank >= 0 else set())
 
 
 class Frontend:
@@ -271,31 +281,59 @@ class Frontend:
             return
         if self.decode_policy is not None and sender == rank_name(tracked.decode_rank):
             self.decode_policy.load.admit(msg.request_id)  # it holds its blocks there now
-        if msg.kv_transfer_bytes:
-            tracked.record.kv_transfer_bytes = msg.kv_transfer_bytes
-        now = time.time()
         rec = tracked.record
+        if msg.kv_transfer_bytes:
+            rec.kv_transfer_bytes = msg.kv_transfer_bytes
         rec.timestamps.update(msg.timestamps)
-        rec.output_token_ids.extend(msg.token_ids)
-        rec.token_times.extend([now] * len(msg.token_ids))
         if msg.num_prompt_tokens:
             rec.num_prompt_tokens = msg.num_prompt_tokens
-        stopped = self._stop_string(tracked) if not msg.finished else None
-        if stopped is not None:  # the language rank keeps going until told: tell it, finish here
-            self.channel.send(rank_name(tracked.language_rank), Abort(request_id=msg.request_id))
-        elif not msg.finished:
-            self.on_progress(tracked, msg.token_ids)
+        new = self._take_tokens(tracked, msg.offset, msg.token_ids, time.time())
+        if msg.finished:
+            tracked.final = msg
+        final = tracked.final
+        if final is not None and (
+            final.error is not None or len(rec.output_token_ids) >= final.offset + len(final.token_ids)
+        ):
+            self._finish_output(tracked, final, None)
             return
+        stopped = self._stop_string(tracked) if new else None
+        if stopped is not None:  # the language side keeps going until told: tell it, finish here
+            for rank in tracked.language_ranks - self.lost:
+                self.channel.send(rank_name(rank), Abort(request_id=msg.request_id))
+            self._finish_output(tracked, msg, stopped)
+        elif new:
+            self.on_progress(tracked, new)
+
+    def _take_tokens(self, tracked: Tracked, offset: int, tokens: list[int], now: float) -> list[int]:
+        """Append the tokens that extend the output in order (holding any that came early); the new ones."""
+        rec = tracked.record
+        if tokens:
+            tracked.early[offset] = (list(tokens), now)
+        new: list[int] = []
+        while True:
+            ready = [off for off in tracked.early if off <= len(rec.output_token_ids)]
+            if not ready:
+                return new
+            for off in sorted(ready):
+                toks, at = tracked.early.pop(off)
+                extra = toks[len(rec.output_token_ids) - off :] if len(rec.output_token_ids) - off < len(toks) else []
+                rec.output_token_ids.extend(extra)
+                rec.token_times.extend([at] * len(extra))
+                new += extra
+
+    def _finish_output(self, tracked: Tracked, msg: RequestOutput, stopped: str | None) -> None:
+        rec = tracked.record
         rec.error = msg.error
         rec.finish_reason = "stop" if stopped is not None else msg.finish_reason
-        rec.num_cached_tokens, rec.num_preemptions = msg.num_cached_tokens, msg.num_preemptions
+        if msg.finished:
+            rec.num_cached_tokens, rec.num_preemptions = msg.num_cached_tokens, msg.num_preemptions
         rec.output_text = stopped if stopped is not None else self._detokenize(rec.output_token_ids)
-        self.end(tracked, msg.token_ids)
+        self.end(tracked)
 
     def on_progress(self, tracked: Tracked, new_tokens: list[int]) -> None:
         """New tokens of a request in flight (the HTTP source streams them)."""
 
-    def end(self, tracked: Tracked, new_tokens: list[int] | None = None) -> None:
+    def end(self, tracked: Tracked) -> None:
         """``tracked`` is over (finished, failed or aborted): free its load, record it."""
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.policy.on_item_done(enc, item)
@@ -312,8 +350,7 @@ class Frontend:
         holders = {
             enc for item, enc in zip(tracked.items, tracked.encoders, strict=True) if item.key in self.unreported
         }
-        ranks = {tracked.language_rank, *holders} | ({tracked.decode_rank} if tracked.decode_rank >= 0 else set())
-        for rank in ranks - self.lost:
+        for rank in (tracked.language_ranks | holders) - self.lost:
             self.channel.send(rank_name(rank), Abort(request_id=tracked.req.id))
         tracked.record.error = error
         tracked.record.finish_reason = "abort"

@@ -302,6 +302,7 @@ class LanguageEngine:
         return RequestOutput(
             request_id=seq.id,
             token_ids=[token],
+            offset=len(seq.output_ids) - 1,
             finished=reason is not None,
             finish_reason=reason,
             num_prompt_tokens=seq.prompt_len,

@@ -103,6 +103,9 @@ class RequestOutput(Message):
 
     request_id: str
     token_ids: list[int] = []
+    offset: int = 0
+    """Index of ``token_ids[0]`` in the request's output: outputs of one request may come from two ranks
+    (its prefill and decode instances) and arrive out of order; the frontend orders them by this."""
     finished: bool = False
     finish_reason: str | None = None
     error: str | None = None
