@@ -92,6 +92,8 @@ class ShmBackend(TransferBackend):
         bind_host: str | None = None,
     ) -> None:
         super().__init__(cfg, rank, world_size, device, store, secret, bind_host)
+        if self.device.type == "cuda" and self.device.index is None:  # the arena takes tensors of one device
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if not os.path.isdir(cfg.shm_dir):
             raise ValueError(f"transfer.shm_dir={cfg.shm_dir!r} does not exist (shm needs a tmpfs such as /dev/shm)")
         self._prefix = job_prefix(cfg, job_id(secret) if secret is not None else secrets.token_hex(8))
