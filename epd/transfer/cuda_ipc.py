@@ -103,9 +103,10 @@ class IpcImporter:
             src = arena[ref.offset : ref.offset + ref.nbytes]  # [range nbytes]
             if buffer is not None:
                 buffer.copy_(src, non_blocking=True)
-            else:
-                for i, (off, n) in staged.items():
-                    out[i].copy_(src[off : off + n], non_blocking=True)
+            else:  # into the caller's tensors, one launch for all of them
+                indices = list(staged)
+                sources = [src[off : off + n] for off, n in staged.values()]
+                torch._foreach_copy_([out[i] for i in indices], sources, non_blocking=True)
         self._finish(main, stream, [], ack_addr, transfer_id)
         return out
 

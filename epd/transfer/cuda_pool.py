@@ -104,9 +104,12 @@ class DeviceArena:
         segment, offset = place
         arena = self._segments[segment][0]
         stream = torch.cuda.current_stream(self.device)
-        # on the caller's stream: after the producers, and before anything the caller queues next
-        for start, d in zip(rel, data.values(), strict=True):
-            arena[offset + start : offset + start + d.numel()].copy_(d, non_blocking=True)
+        # on the caller's stream: after the producers, and before anything the caller queues next; one
+        # launch for all of them (a KV transfer has one tensor per layer)
+        slots = [
+            arena[offset + start : offset + start + d.numel()] for start, d in zip(rel, data.values(), strict=True)
+        ]
+        torch._foreach_copy_(slots, list(data.values()), non_blocking=True)
         event, event_handle = self._take_event()
         event.record(stream)
         offsets = [-1] * num_specs

@@ -37,6 +37,7 @@ log = logging.getLogger("epd.transfer")
 HEADER = struct.Struct("<4sIQQQQ")  # magic, src, transfer id, total, offset, length
 MAGIC = b"EPL1"
 AUTH_TIMEOUT_S = 10.0  # a connection that sends no valid header by then is closed
+MAX_IOV = 512  # buffers per sendmsg call
 
 
 def stripe_header(secret: bytes | None, src: int, transfer_id: int, total: int, offset: int, length: int) -> bytes:
@@ -116,7 +117,7 @@ class Lane:
 def _send_all(sock: socket.socket, buffers: list) -> None:
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     while views:
-        sent = sock.sendmsg(views)
+        sent = sock.sendmsg(views[:MAX_IOV])  # a KV transfer may have more pieces than IOV_MAX (1024)
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)

@@ -132,6 +132,9 @@ def test_striped_loopback_with_discard_and_recv_into() -> None:
         out = [torch.empty_like(t.contiguous()) for t in sent]
         transfer.recv_into(handles[2], out)
         assert all(torch.equal(a, b) for a, b in zip(out, sent, strict=True))
+        layers = [torch.randn(500 + i % 3) for i in range(3000)]  # a KV-like list: ~2000 pieces a stripe > IOV_MAX
+        got = transfer.recv(transfer.send(0, layers))
+        assert all(torch.equal(a, b) for a, b in zip(got, layers, strict=True))
         deadline = time.monotonic() + 5
         while transfer.num_inflight and time.monotonic() < deadline:
             transfer.poll()
