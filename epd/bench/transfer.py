@@ -45,7 +45,7 @@ DEFAULTS = {
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 OPTIONS = {
-    "transfer": "backends to measure, comma-separated: nccl (gloo on CPU), shm, zmq",
+    "transfer": "backends to measure, comma-separated: nccl (gloo on CPU), shm, zmq; shm:direct = shm without its device arena (one IPC open per transfer, as before pooling)",
     "sizes": "embedding bytes per item, comma-separated; K/M/G are binary units",
     "iters": "timed rounds per size (the median is reported)",
     "warmup": "untimed rounds per size before the timed ones",
@@ -133,7 +133,7 @@ def print_tables(args: dict[str, str], devs: list[torch.device], results: list[d
                   f"{ref_t * 1e3:9.3f} {nbytes / ref_t / 1e9:9.2f} {ref_t / t:6.2f}  {ref}")  # fmt: skip
         (small, t_small, _, _), (large, t_large, ref_large, ref) = res["rows"][0], res["rows"][-1]
         summary.append(
-            f"{res['backend']:>5}: fixed cost {t_small * 1e3:.3f} ms ({human(small)} item; control alone "
+            f"{res['backend']:>10}: fixed cost {t_small * 1e3:.3f} ms ({human(small)} item; control alone "
             f"{control * 1e3:.3f} ms) | {human(large)}: {large / t_large / 1e9:.2f} GB/s, {ref_large / t_large:.2f} of {ref}"
         )
     print("\nsummary (targets: fixed cost <= 0.15 ms; zmq >= 5 GB/s at 154 MB):")
@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     backends = [b.strip() for b in args["transfer"].split(",") if b.strip()]
     for backend in backends:
-        TransferConfig(backend=backend)  # unknown backend: ValueError before spawning
+        name, _, variant = backend.partition(":")
+        TransferConfig(backend=name)  # unknown backend: ValueError before spawning
+        if variant and (name, variant) != ("shm", "direct"):
+            raise SystemExit(f"unknown variant {backend!r}; the one variant is shm:direct")
     devs = devices(args["device"])
     if devs[0].type == "cuda" and devs[0] == devs[1] and "nccl" in backends:
         print("epd.bench.transfer: skipping nccl: NCCL refuses two ranks on one GPU", file=sys.stderr)

@@ -85,8 +85,11 @@ class Bench:
 
     def run(self, backend: str, sizes: list[int]) -> dict:
         """Rank 1 returns {"control": s, "rows": [(nbytes, s, floor s, floor name)], ...}; rank 0 {}."""
-        stream_min = {"zmq_stream_min_bytes": int(self.args["stream_min"])} if self.args["stream_min"] else {}
-        cfg = TransferConfig(backend=backend, zmq_streams=int(self.args["streams"]), **stream_min)
+        options = {"zmq_stream_min_bytes": int(self.args["stream_min"])} if self.args["stream_min"] else {}
+        name, _, variant = backend.partition(":")
+        if variant == "direct":  # shm without its device arena: every transfer opens IPC handles (the old path)
+            options["shm_cuda_pool_bytes"] = 0
+        cfg = TransferConfig(backend=name, zmq_streams=int(self.args["streams"]), **options)
         store = dist.PrefixStore(f"epd-{backend}", self.store)
         self.transfer = build_transfer(cfg, self.rank, 2, self.device, store, self.secret, "127.0.0.1")
         result: dict = {"backend": backend, "rows": []}
@@ -109,10 +112,10 @@ class Bench:
 
     def _floor(self, backend: str, nbytes: int) -> tuple[float, str]:
         """The link's own limit for ``nbytes``, measured now by rank 1 (rank 0 waits: no contention)."""
-        if self.cross_gpu and backend != "zmq":
+        if self.cross_gpu and not backend.startswith("zmq"):
             return self._rounds(nbytes, data=True, plain=True), "NCCL send/recv (+ control)"
         floor_s = 0.0
-        on_host = backend == "zmq" or self.device.type == "cpu"
+        on_host = backend.startswith("zmq") or self.device.type == "cpu"
         if self.rank == 1:
             floor_s = copy_floor_s(nbytes, torch.device("cpu") if on_host else self.device, self.iters)
         dist.barrier()
