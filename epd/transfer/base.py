@@ -28,8 +28,22 @@ class TransferConfig:
     """Highest port the zmq data socket may bind."""
     zmq_linger_ms: int = 1000
     """How long close() lets zmq flush frames not yet delivered (-1: forever)."""
+    zmq_streams: int = 4
+    """TCP connections per peer that large transfers are striped over (each its own thread at both ends;
+    the receiver lands every stripe in place). Transfers from host memory under ``zmq_stream_min_bytes``
+    go as one zmq message instead."""
+    zmq_stream_min_bytes: int = 1 << 20
+    """Smallest transfer striped over the TCP streams (and the smallest stripe); device tensors always
+    take the streams, whose threads wait for their device-to-host copies."""
     shm_dir: str = "/dev/shm"
     """tmpfs directory holding the shm segments (POSIX shared memory on Linux)."""
+    shm_pool_bytes: int = 1 << 30
+    """Host shm kept per (sender, receiver) pair and reused across transfers (mapped once at each end);
+    a transfer that does not fit gets a segment of its own. 0: a fresh segment per transfer."""
+    shm_cuda_pool_bytes: int = 1 << 30
+    """Device memory a sender keeps for staging CUDA tensors (exported once per receiver, with pooled IPC
+    events), so no transfer opens an IPC handle; a transfer that does not fit shares its tensors' own
+    memory instead (one IPC open per tensor). 0: always share the tensors' memory."""
     shm_prefix: str = "epd"
     """Name prefix of shm segments: ``<prefix>-<job id>-<rank>-<random>``; a receiver opens only names
     of its own job's form, and the launcher removes the job's leftovers however the job ends."""
@@ -58,6 +72,15 @@ class TransferConfig:
             raise ValueError(f"transfer.shm_prefix must be a non-empty name without '/', got {self.shm_prefix!r}")
         if not self.recv_timeout_s > 0:
             raise ValueError(f"transfer.recv_timeout_s must be > 0, got {self.recv_timeout_s}")
+        if self.zmq_streams < 1:
+            raise ValueError(f"transfer.zmq_streams must be >= 1, got {self.zmq_streams}")
+        if self.zmq_stream_min_bytes < 1:
+            raise ValueError(f"transfer.zmq_stream_min_bytes must be >= 1, got {self.zmq_stream_min_bytes}")
+        if self.shm_pool_bytes < 0 or self.shm_cuda_pool_bytes < 0:
+            raise ValueError(
+                f"transfer.shm_pool_bytes ({self.shm_pool_bytes}) and transfer.shm_cuda_pool_bytes "
+                f"({self.shm_cuda_pool_bytes}) must be >= 0"
+            )
         if self.max_transfer_bytes < 1:
             raise ValueError(f"transfer.max_transfer_bytes must be >= 1, got {self.max_transfer_bytes}")
 
@@ -102,6 +125,21 @@ class TransferHandle(msgspec.Struct, frozen=True):
 
 _SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 MAX_DIMS = 8
+ALIGN_BYTES = 64  # tensors packed into one buffer start on a cache line: aligned for any dtype
+
+
+def round_up(nbytes: int, multiple: int = ALIGN_BYTES) -> int:
+    return -(-nbytes // multiple) * multiple
+
+
+def aligned_offsets(sizes: list[int]) -> tuple[list[int], int]:
+    """Where each of ``sizes`` bytes starts when packed back to back on ``ALIGN_BYTES`` boundaries, and
+    the packed length (the end of the last one)."""
+    offsets, end = [], 0
+    for size in sizes:
+        offsets.append(round_up(end))
+        end = offsets[-1] + size
+    return offsets, end
 
 
 def dtype_from_name(name: str) -> torch.dtype:
@@ -123,6 +161,18 @@ def check_specs(specs: list[TensorSpec], max_bytes: int) -> None:
         total += spec.nbytes
         if total > max_bytes:
             raise ValueError(f"a transfer handle describes more than transfer.max_transfer_bytes={max_bytes}")
+
+
+def check_out(specs: list[TensorSpec], out: list[torch.Tensor]) -> None:
+    """``ValueError`` unless ``out`` holds one contiguous tensor of each spec's dtype and shape."""
+    if len(out) != len(specs):
+        raise ValueError(f"recv_into: {len(out)} output tensors for a transfer of {len(specs)}")
+    for i, (tensor, spec) in enumerate(zip(out, specs, strict=True)):
+        if TensorSpec.of(tensor) != spec or not tensor.is_contiguous():
+            raise ValueError(
+                f"recv_into: output {i} is {tensor.dtype} {list(tensor.shape)}"
+                f"{'' if tensor.is_contiguous() else ' (not contiguous)'}; the transfer holds {spec.dtype} {spec.shape}"
+            )
 
 
 def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
@@ -194,6 +244,14 @@ class TransferBackend(ABC):
     @abstractmethod
     def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
         """Receive the tensors of `handle` (sent to this rank) on `self.device`."""
+
+    def recv_into(self, handle: TransferHandle, out: list[torch.Tensor]) -> None:
+        """Receive the tensors of ``handle`` into ``out`` (one tensor per spec, of its dtype and shape, on
+        any device), e.g. pre-allocated KV-cache blocks; on CUDA ready for the current stream. Backends
+        that can land the data straight in ``out`` override this; the default copies from ``recv``."""
+        check_out(handle.specs, out)
+        for dst, src in zip(out, self.recv(handle), strict=True):
+            dst.copy_(src, non_blocking=True)
 
     def discard(self, handle: TransferHandle) -> None:
         """Consume `handle` without keeping its tensors (e.g. the request was aborted)."""

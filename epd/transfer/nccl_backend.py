@@ -16,6 +16,7 @@ from epd.transfer.base import (
     TransferConfig,
     TransferHandle,
     as_bytes,
+    check_out,
     dtype_from_name,
     from_bytes,
 )
@@ -177,6 +178,17 @@ class NcclBackend(TransferBackend):
         return self._new_handle(dst, specs, self._payload)
 
     def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
+        return self._receive(handle, None)
+
+    def recv_into(self, handle: TransferHandle, out: list[torch.Tensor]) -> None:
+        check_out(handle.specs, out)
+        if any(t.device != self.device for t in out):
+            raise ValueError(f"nccl recv_into: every output must be on {self.device}")
+        self._receive(handle, out)
+
+    def _receive(self, handle: TransferHandle, out: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Post the irecvs of ``handle``: large tensors straight into ``out`` when given (else into new
+        tensors), small ones into one packed buffer, copied out after the receive when ``out`` is given."""
         self._check_handle(handle)
         wire = msgspec.msgpack.decode(handle.payload, type=_WireInfo)
         if wire.device_type != self.device.type:
@@ -201,7 +213,10 @@ class NcclBackend(TransferBackend):
             if off is not None:
                 outputs[i] = from_bytes(packed[off : off + spec.nbytes], spec)
                 continue
-            data = torch.empty(spec.nbytes, dtype=torch.uint8, device=self.device)
+            if out is not None:
+                data = as_bytes(out[i])  # contiguous: a view, received in place
+            else:
+                data = torch.empty(spec.nbytes, dtype=torch.uint8, device=self.device)
             outputs[i] = from_bytes(data, spec)
             if spec.nbytes:
                 buffers.append(data)
@@ -209,6 +224,10 @@ class NcclBackend(TransferBackend):
             ops = [dist.P2POp(dist.irecv, buf, handle.src, group=self._group) for buf in buffers]
             for work in dist.batch_isend_irecv(ops):
                 work.wait()  # gloo: blocks the host; NCCL: orders the current stream after it
+        if out is not None:
+            for i, off in enumerate(offsets):
+                if off is not None:
+                    out[i].copy_(outputs[i])  # after the receive on the current stream
         return outputs  # type: ignore[return-value]
 
     def poll(self) -> None:

@@ -1,8 +1,10 @@
-"""zmq: multipart TCP frames between any hosts, zero-copy on both ends where possible."""
+"""zmq: TCP between any hosts: small host transfers as one zmq message, the rest striped over lanes."""
 
 from __future__ import annotations
 
+import functools
 import hmac
+import itertools
 import logging
 import time
 
@@ -18,12 +20,18 @@ from epd.transfer.base import (
     TransferBackend,
     TransferConfig,
     TransferHandle,
+    aligned_offsets,
     as_bytes,
+    check_out,
     dtype_from_name,
     from_bytes,
 )
+from epd.transfer.zmq_lanes import Lane, Outgoing, StripedSender, stripe_header
+from epd.transfer.zmq_lanes_rx import HostBuffers, LaneReceiver
 
 STORE_KEY = "epd/transfer/zmq/{rank}"  # -> "tcp://host:port" of that rank's PULL data socket
+LANES_KEY = "epd/transfer/zmq/{rank}/lanes"  # -> "host port" of that rank's lane listener
+LANES = b"lanes"  # handle payload of a transfer striped over lanes ("": one zmq message)
 log = logging.getLogger("epd.transfer")
 
 
@@ -39,17 +47,21 @@ def resolve_host(host: str, store: dist.Store) -> str:
 
 
 class ZmqBackend(TransferBackend):
-    """Each rank binds a PULL socket and publishes its address in the store; senders PUSH.
+    """Any-host data plane over TCP. Each rank binds a zmq PULL socket and a lane listener and publishes
+    both addresses in the store (sealed with the job secret).
 
-    A send is one multipart message [header, bytes of tensor 0, bytes of tensor 1, ...] sent
-    with copy=False from the tensors' own host memory (CUDA tensors: staged into pinned host
-    memory on a side stream, shipped by poll() once the copy is done). The receiver keeps
-    arrived messages by (src, transfer_id), so data and handle may arrive in either order and
-    handles may be received in any order; tensors view the received frames (zero copy on CPU).
-    Construction is local; recv() raises TimeoutError after cfg.recv_timeout_s without data.
+    - A transfer of host tensors under ``cfg.zmq_stream_min_bytes`` is one multipart zmq message
+      [header, tag, bytes of tensor 0, ...] sent with copy=False from the tensors' memory; the receiver
+      keeps arrived messages by (src, transfer_id), and its tensors view the frames (zero copy on CPU).
+    - Anything larger, and anything on a GPU, is packed (64-byte aligned) into one logical buffer and
+      split into up to ``cfg.zmq_streams`` stripes, each sent over its own TCP connection (``zmq_lanes``)
+      and received in place: into the output itself on a CPU receiver, into pinned memory on a GPU one
+      (then one host-to-device copy in recv()). Device tensors are copied to pinned memory stripe by
+      stripe on a side stream; each lane's thread sends its stripe once its copy is done.
 
-    With the job secret, every message carries a tag over its header: a receiver drops (and counts)
-    anything else pushed into its socket, so no stray process can pose as a sender's data.
+    Data and handle may arrive in either order and handles may be received in any order. Construction
+    is local; recv() raises TimeoutError after cfg.recv_timeout_s without data. With the job secret,
+    every message and stripe carries a tag: a receiver drops (and counts) anything else.
     """
 
     name = "zmq"
@@ -68,120 +80,188 @@ class ZmqBackend(TransferBackend):
         self._context = zmq.Context(io_threads=1)  # its own I/O thread: bulk data never delays control
         self._pull = self._context.socket(zmq.PULL)
         self._pull.setsockopt(zmq.RCVHWM, 0)  # never drop or stall: senders' messages queue here
-        self._pull.setsockopt(zmq.MAXMSGSIZE, cfg.max_transfer_bytes)
+        self._pull.setsockopt(zmq.MAXMSGSIZE, min(cfg.max_transfer_bytes, 2 * cfg.zmq_stream_min_bytes + (1 << 20)))
         host = bind_host if cfg.zmq_host == "auto" and bind_host else resolve_host(cfg.zmq_host, store)
         port = self._pull.bind_to_random_port(f"tcp://{host}", cfg.zmq_port_min, cfg.zmq_port_max + 1)
         self.address = f"tcp://{host}:{port}"
-        key = STORE_KEY.format(rank=rank)
-        store.set(key, seal_value(secret, key, self.address) if secret is not None else self.address)
+        self._publish(STORE_KEY.format(rank=rank), self.address)
+        if device.type == "cuda":  # pinned, and reused by torch's caching host allocator
+            alloc = functools.partial(torch.empty, dtype=torch.uint8, pin_memory=True)
+        else:  # the outputs view the buffer; it is reused once they are freed
+            alloc = HostBuffers().get
+        self._lanes_rx = LaneReceiver(
+            host,
+            (cfg.zmq_port_min, cfg.zmq_port_max),
+            world_size,
+            secret,
+            cfg.max_transfer_bytes,
+            max_connections=4 * world_size * cfg.zmq_streams + 16,
+            alloc=alloc,
+        )
+        self._publish(LANES_KEY.format(rank=rank), "{} {}".format(*self._lanes_rx.address))
         self._push: dict[int, zmq.Socket] = {}
+        self._lanes: dict[int, list[Lane]] = {}
+        self._striper = StripedSender(self.rank, secret, cfg.zmq_stream_min_bytes)
+        self._outgoing: list[Outgoing] = []
         self._arrived: dict[tuple[int, int], list[zmq.Frame]] = {}
         self._discarded: set[tuple[int, int]] = set()
-        # CUDA sends waiting for their device-to-host copy: (copy done, dst, header, host buffers)
-        self._staged: list[tuple[torch.cuda.Event, int, bytes, list[torch.Tensor]]] = []
-        self._d2h_stream: torch.cuda.Stream | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(_Header)
-        self.dropped = 0  # messages in our socket that were not a peer's data
+        self._dropped = 0  # zmq messages in our socket that were not a peer's data
         self._closed = False
 
+    @property
+    def dropped(self) -> int:
+        """Messages and lane connections dropped because they were not a peer's data."""
+        return self._dropped + self._lanes_rx.dropped
+
+    # ---- sending --------------------------------------------------------------------------------
+
     def send(self, dst: int, tensors: list[torch.Tensor]) -> TransferHandle:
-        handle = self._new_handle(dst, [TensorSpec.of(t) for t in tensors])
+        self._check_dst(dst)
         data = [as_bytes(t) for t in tensors]  # each: [nbytes] uint8 on the tensor's device
-        header = self._encoder.encode(_Header(self.rank, handle.transfer_id, [d.numel() for d in data]))
-        if any(d.is_cuda for d in data):
-            self._staged.append(self._stage_to_host(dst, header, data))
+        total = sum(d.numel() for d in data)
+        striped = total > 0 and (total >= self.cfg.zmq_stream_min_bytes or any(d.is_cuda for d in data))
+        lanes = self._get_lanes(dst) if striped else None  # may raise: before the handle is numbered
+        handle = self._new_handle(dst, [TensorSpec.of(t) for t in tensors], LANES if striped else b"")
+        if lanes is None:
+            header = self._encoder.encode(_Header(self.rank, handle.transfer_id, [d.numel() for d in data]))
+            frames = [d.numpy() if not d.is_cuda else b"" for d in data]  # on a GPU: only empty ones come here
+            self._zmq_socket(dst).send_multipart([header, self._tag(header), *frames], copy=False)
         else:
-            self._ship(dst, header, data)
+            self._outgoing.append(self._striper.send(lanes, handle.transfer_id, data))
         return handle
 
+    # ---- receiving ------------------------------------------------------------------------------
+
     def ready(self, handle: TransferHandle) -> bool:
-        self.poll()
-        return (handle.src, handle.transfer_id) in self._arrived
+        key = (handle.src, handle.transfer_id)
+        if handle.payload == LANES:
+            return self._lanes_rx.complete(key)
+        self._drain()
+        return key in self._arrived
 
     def recv(self, handle: TransferHandle) -> list[torch.Tensor]:
         self._check_handle(handle)
+        if handle.payload == LANES:
+            buffer, offsets = self._take_striped(handle)
+            if buffer.numel() and self.device.type != "cpu":
+                buffer = buffer.to(self.device, non_blocking=True)  # from pinned memory: an async copy
+            return [from_bytes(buffer[o : o + s.nbytes], s) for o, s in zip(offsets, handle.specs, strict=True)]
+        frames = self._wait_message(handle)
+        return [self._to_tensor(frame, spec) for frame, spec in zip(frames, handle.specs, strict=True)]
+
+    def recv_into(self, handle: TransferHandle, out: list[torch.Tensor]) -> None:
+        check_out(handle.specs, out)
+        if handle.payload != LANES:
+            return super().recv_into(handle, out)
+        self._check_handle(handle)
+        buffer, offsets = self._take_striped(handle)
+        for o, t in zip(offsets, out, strict=True):
+            as_bytes(t).copy_(buffer[o : o + t.nbytes], non_blocking=True)  # as_bytes of contiguous: a view
+
+    def discard(self, handle: TransferHandle) -> None:
+        self._check_handle(handle)
+        key = (handle.src, handle.transfer_id)
+        if handle.payload == LANES:
+            self._lanes_rx.discard(key)
+        elif self._arrived.pop(key, None) is None:
+            self._discarded.add(key)
+
+    def _check_handle(self, handle: TransferHandle) -> None:
+        super()._check_handle(handle)
+        if handle.payload not in (b"", LANES):
+            raise ValueError("malformed zmq handle payload")
+
+    def _take_striped(self, handle: TransferHandle) -> tuple[torch.Tensor, list[int]]:
+        key = (handle.src, handle.transfer_id)
+        if not self._lanes_rx.wait(key, self.cfg.recv_timeout_s):
+            raise TimeoutError(f"zmq: no data for transfer {key} after {self.cfg.recv_timeout_s} s")
+        buffer = self._lanes_rx.take(key)  # [total] uint8 on the host
+        offsets, total = aligned_offsets([s.nbytes for s in handle.specs])
+        if buffer.numel() != total:
+            raise RuntimeError(f"zmq: {buffer.numel()} bytes arrived for transfer {key}, its handle says {total}")
+        return buffer, offsets
+
+    def _wait_message(self, handle: TransferHandle) -> list[zmq.Frame]:
         key = (handle.src, handle.transfer_id)
         deadline = time.monotonic() + self.cfg.recv_timeout_s
         while True:
-            self.poll()  # drains our socket; also ships our staged sends, which a peer may wait for
+            self._drain()
             if key in self._arrived:
                 break
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 raise TimeoutError(f"zmq: no data for transfer {key} after {self.cfg.recv_timeout_s} s")
-            self._pull.poll(min(remaining_ms, 10 if self._staged else remaining_ms))
+            self._pull.poll(remaining_ms)
         frames = self._arrived.pop(key)
         if [len(f) for f in frames] != [s.nbytes for s in handle.specs]:
             raise RuntimeError(f"zmq: frames of transfer {key} do not match the handle's specs")
-        return [self._to_tensor(frame, spec) for frame, spec in zip(frames, handle.specs, strict=True)]
+        return frames
 
-    def discard(self, handle: TransferHandle) -> None:
-        self._check_handle(handle)
-        key = (handle.src, handle.transfer_id)
-        if self._arrived.pop(key, None) is None:
-            self._discarded.add(key)
+    # ---- progress and lifetime ------------------------------------------------------------------
 
     def poll(self) -> None:
-        while self._staged and self._staged[0][0].query():
-            _, dst, header, host = self._staged.pop(0)
-            self._ship(dst, header, host)
+        self._outgoing = [job for job in self._outgoing if job.stripes_left]
         self._drain()
 
     @property
     def num_inflight(self) -> int:
-        return len(self._staged)
+        return sum(1 for job in self._outgoing if job.stripes_left)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for done, dst, header, host in self._staged:
-            done.synchronize()
-            self._ship(dst, header, host)
-        self._staged.clear()
+        linger_s = None if self.cfg.zmq_linger_ms < 0 else self.cfg.zmq_linger_ms / 1000
+        for lane in itertools.chain.from_iterable(self._lanes.values()):
+            lane.close(linger_s)
+        self._lanes_rx.close()
         self._arrived.clear()
         self._context.destroy(linger=self.cfg.zmq_linger_ms)
 
-    def _ship(self, dst: int, header: bytes, data: list[torch.Tensor]) -> None:
+    # ---- plumbing -------------------------------------------------------------------------------
+
+    def _publish(self, key: str, value: str) -> None:
+        self.store.set(key, seal_value(self.secret, key, value) if self.secret is not None else value)
+
+    def _lookup(self, key: str, dst: int) -> str:
+        value = self.store.get(key).decode()
+        if self.secret is not None:
+            try:
+                value = unseal_value(self.secret, key, value)
+            except Rejected as exc:
+                raise ValueError(f"zmq: rank {dst}'s data address in the store is not this job's") from exc
+        return value
+
+    def _zmq_socket(self, dst: int) -> zmq.Socket:
         sock = self._push.get(dst)
         if sock is None:
-            key = STORE_KEY.format(rank=dst)
-            address = self.store.get(key).decode()
-            if self.secret is not None:
-                try:
-                    address = unseal_value(self.secret, key, address)
-                except Rejected as exc:
-                    raise ValueError(f"zmq: rank {dst}'s data address in the store is not this job's") from exc
             sock = self._push[dst] = self._context.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, 0)  # send() never blocks on a slow receiver
-            sock.connect(address)
-        # zmq holds a reference to each numpy view (hence its tensor) until the bytes are sent
-        sock.send_multipart([header, self._tag(header), *(d.numpy() for d in data)], copy=False)
+            sock.connect(self._lookup(STORE_KEY.format(rank=dst), dst))
+        return sock
+
+    def _get_lanes(self, dst: int) -> list[Lane]:
+        """The lanes to ``dst``, connected now where there are none or a connection broke."""
+        lanes = self._lanes.setdefault(dst, [])
+        if len(lanes) == self.cfg.zmq_streams and not any(lane.broken for lane in lanes):
+            return lanes
+        host, port = self._lookup(LANES_KEY.format(rank=dst), dst).rsplit(" ", 1)
+        hello = stripe_header(self.secret, self.rank, 0, 0, 0, 0)
+        for k in range(self.cfg.zmq_streams):
+            if k < len(lanes) and lanes[k].broken is None:
+                continue
+            lane = Lane((host, int(port)), hello, f"epd-zmq-lane-{self.rank}-{dst}-{k}")
+            if k < len(lanes):
+                lanes[k].close(0)
+                lanes[k] = lane
+            else:
+                lanes.append(lane)
+        return lanes
 
     def _tag(self, header: bytes) -> bytes:
         return mac(self.secret, b"zmq-data", header) if self.secret is not None else b""
-
-    def _stage_to_host(
-        self, dst: int, header: bytes, data: list[torch.Tensor]
-    ) -> tuple[torch.cuda.Event, int, bytes, list[torch.Tensor]]:
-        if self._d2h_stream is None:
-            self._d2h_stream = torch.cuda.Stream(next(d.device for d in data if d.is_cuda))
-        stream = self._d2h_stream
-        stream.wait_stream(torch.cuda.current_stream(stream.device))  # after the producers
-        host = []
-        with torch.cuda.stream(stream):
-            for d in data:
-                if not d.is_cuda:
-                    host.append(d)
-                    continue
-                pinned = torch.empty(d.numel(), dtype=torch.uint8, pin_memory=True)
-                pinned.copy_(d, non_blocking=True)
-                d.record_stream(stream)  # the caller may free d right after send()
-                host.append(pinned)
-            done = torch.cuda.Event()
-            done.record(stream)
-        return done, dst, header, host
 
     def _drain(self) -> None:
         while True:
@@ -207,8 +287,8 @@ class ZmqBackend(TransferBackend):
             if [len(f) for f in frames[2:]] != header.nbytes or not 0 <= header.src < self.world_size:
                 raise ValueError("frames do not match their header")
         except (ValueError, msgspec.DecodeError) as exc:
-            self.dropped += 1
-            if self.dropped == 1:
+            self._dropped += 1
+            if self._dropped == 1:
                 log.warning(
                     "zmq data plane of rank %d: dropped a message that is not a peer's data (%s)", self.rank, exc
                 )

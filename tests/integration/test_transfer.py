@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import faulthandler
 import glob
+import hashlib
 import os
 import socket
 import subprocess
@@ -30,6 +31,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32
 EXTRA_DTYPES = [torch.float64, torch.int8, torch.int16, torch.complex64, torch.complex128, torch.float8_e4m3fn]
 LARGE_SHAPE = [8448, 4096]  # bfloat16: 66 MiB (> 64 MiB), 69.2 MB
 DISCARDED_CASE = 6  # the receiver discards this one; later handles must still work
+RECV_INTO_CASES = (4, 5, 7)  # received with recv_into
 NUM_CASES = 12
 WORKER_TIMEOUT_S = 90  # a worker still running then dumps its stacks and exits
 
@@ -92,10 +94,28 @@ def check(case: int, received: list[torch.Tensor]) -> list[str]:
     return errors
 
 
+def poisoned_like(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A contiguous tensor of ``tensor``'s dtype and shape on ``device`` with every byte 0xff."""
+    out = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+    as_bytes(out).fill_(255)  # contiguous: as_bytes is a view
+    return out
+
+
 def to_device(case: int, tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """On GPU runs, every tensor but the last of case 4 moves to the device (a mixed send)."""
     last = len(tensors) - 1
     return [t if case == 4 and i == last else t.to(device) for i, t in enumerate(tensors)]
+
+
+def pooled_ipc_errors(transfer, device: torch.device) -> list[str]:
+    """shm on GPUs: the receiver opened the sender's arenas and events once, not once per transfer."""
+    importer = getattr(transfer, "_importer", None)
+    if transfer.name != "shm" or device.type != "cuda" or importer is None or not transfer.cfg.shm_cuda_pool_bytes:
+        return []
+    arenas, events = len(importer._arenas._arenas), len(importer._arenas._events)
+    if not 1 <= arenas <= 2 or not 1 <= events < NUM_CASES:  # a small first arena, then one for the 69 MB case
+        return [f"the receiver opened {arenas} arenas and {events} events for {NUM_CASES} transfers"]
+    return []
 
 
 def worker(rank: int, port: int, backend: str, shm_prefix: str, device_type: str) -> int:
@@ -111,8 +131,11 @@ def worker(rank: int, port: int, backend: str, shm_prefix: str, device_type: str
     store = dist.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timedelta(seconds=60))
     pg_backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(pg_backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=2)
-    cfg = TransferConfig(backend=backend, shm_prefix=shm_prefix, recv_timeout_s=60)
-    transfer = build_transfer(cfg, rank, 2, device, dist.PrefixStore("epd", store))
+    backend, _, variant = backend.partition(":")  # "shm:direct": device tensors shared without the arena
+    pool = {"shm_cuda_pool_bytes": 0} if variant == "direct" else {}
+    cfg = TransferConfig(backend=backend, shm_prefix=shm_prefix, recv_timeout_s=60, **pool)
+    secret = hashlib.sha256(f"job on port {port}".encode()).digest()  # the same on both ranks, as epd.run's
+    transfer = build_transfer(cfg, rank, 2, device, dist.PrefixStore("epd", store), secret, "127.0.0.1")
     ctx = zmq.Context()
     control = ctx.socket(zmq.PAIR)
     control.setsockopt(zmq.LINGER, 1000)
@@ -139,10 +162,15 @@ def worker(rank: int, port: int, backend: str, shm_prefix: str, device_type: str
             if ship.case == DISCARDED_CASE:
                 transfer.discard(ship.handle)
             else:
-                received = transfer.recv(ship.handle)
+                if ship.case in RECV_INTO_CASES:  # into tensors made beforehand, every byte of them poisoned
+                    received = [poisoned_like(t, device) for t in make_case(ship.case)]
+                    transfer.recv_into(ship.handle, received)
+                else:
+                    received = transfer.recv(ship.handle)
                 errors += [f"{t.device} is not {device}" for t in received if t.device != device]
                 errors += check(ship.case, [t.cpu() for t in received])
             transfer.poll()
+        errors += pooled_ipc_errors(transfer, device)
         control.send(msgspec.msgpack.encode(Result(errors=errors)))
     transfer.close()
     control.close()
@@ -195,7 +223,15 @@ def test_two_processes_round_trip_bit_exact(backend: str) -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     ("backend", "placement"),
-    [("nccl", "cuda"), ("shm", "cuda"), ("zmq", "cuda"), ("shm", "cuda-same"), ("zmq", "cuda-same")],
+    [
+        ("nccl", "cuda"),
+        ("shm", "cuda"),
+        ("shm:direct", "cuda"),
+        ("zmq", "cuda"),
+        ("shm", "cuda-same"),
+        ("shm:direct", "cuda-same"),
+        ("zmq", "cuda-same"),
+    ],
 )
 def test_two_gpu_processes_round_trip_bit_exact(backend: str, placement: str) -> None:
     """placement "cuda": ranks on GPUs 0 and 1; "cuda-same": both on GPU 0 (NCCL refuses that)."""
