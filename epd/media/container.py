@@ -27,7 +27,10 @@ AV_OPTIONS = {"format_whitelist": CONTAINER_FORMATS}
 
 def av_open(data: bytes) -> av.container.InputContainer:
     """``av.open`` on in-memory ``data`` with the demuxers limited to ``CONTAINER_FORMATS``."""
-    return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=dict(AV_OPTIONS))
+    try:
+        return av.open(io.BytesIO(data), mode="r", metadata_errors="ignore", options=dict(AV_OPTIONS))
+    except TypeError:  # PyAV 19 dropped metadata_errors (metadata is then decoded strictly)
+        return av.open(io.BytesIO(data), mode="r", options=dict(AV_OPTIONS))
 
 
 @dataclass(frozen=True)
