@@ -25,7 +25,16 @@ from tests.conftest import REPO
 
 # what a source distribution of epd holds: enough to build and install it
 PROJECT_FILES = ("pyproject.toml", "README.md", "epd", "kernels")
-CONSOLE_SCRIPTS = ("epd-run", "epd-report", "epd-tiny", "epd-bench-transfer", "epd-bench-engine", "epd-bench-host")
+CONSOLE_SCRIPTS = (
+    "epd-run",
+    "epd-report",
+    "epd-tiny",
+    "epd-bench-transfer",
+    "epd-bench-engine",
+    "epd-bench-host",
+    "epd-serve",
+    "epd-bench-serve",
+)
 
 
 def _env() -> dict[str, str]:
