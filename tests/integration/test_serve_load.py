@@ -129,7 +129,9 @@ def test_two_thousand_requests_lose_nothing(tmp_path, tiny_qwen25vl):
             leftover.unlink()
         shm_dir.rmdir()
     outcomes = Counter(got if got != expect else "as expected" for expect, got in results)
-    print(f"load: {dict(outcomes)}; frontend RSS {rss_warm / 2**20:.0f} MiB after warm-up, {rss_after / 2**20:.0f} MiB after")
+    print(
+        f"load: {dict(outcomes)}; frontend RSS {rss_warm / 2**20:.0f} MiB after warm-up, {rss_after / 2**20:.0f} MiB after"
+    )
     assert set(outcomes) <= {"as expected", "503"}, outcomes  # a complete answer, its 400, or backpressure
     assert outcomes["as expected"] >= NUM_REQUESTS * 0.8, outcomes
     assert sum(1 for expect, got in results if expect == "400" and got == "400") == len(range(0, NUM_REQUESTS, 97))
