@@ -121,16 +121,21 @@ async def _play_all(cfg: BenchServeConfig, requests, api_key: str, writer: Recor
     client = openai.AsyncOpenAI(base_url=ep.url, api_key=api_key, timeout=ep.timeout_s, max_retries=0)
     media_server = MediaServer(ep.media_host) if ep.media == "http" else None
     try:
-        model = ep.model or (await client.models.list()).data[0].id
+        model = ep.model or await _first_model(client, ep.url)
         rewrite = MediaRewriter(ep.media, media_server)
         bodies = {id(r): rewrite.messages(r.messages) for r in requests if r.error is None}
         records: dict[int, RequestRecord] = {}
 
         async def one(req: WorkloadRequest, arrival: float) -> None:
-            if req.error is not None:  # refused when the workload was read: never sent
-                record = RequestRecord(id=req.id, arrival=arrival, warmup=req.warmup, phase=req.phase, error=req.error)
-            else:
-                record = await send(client, ep, model, req, bodies[id(req)], arrival)
+            error = req.error  # refused when the workload was read: never sent
+            if error is None:
+                try:
+                    record = await send(client, ep, model, req, bodies[id(req)], arrival)
+                except Exception as exc:  # noqa: BLE001 - a client-side failure fails this request alone
+                    error = f"the client failed: {type(exc).__name__}: {exc}"
+            if error is not None:
+                record = RequestRecord(id=req.id, arrival=arrival, warmup=req.warmup, phase=req.phase, error=error)
+                record.finish_reason = "error"
             records[id(req)] = record
             writer.write(record)
             if not req.warmup:
@@ -149,6 +154,21 @@ async def _play_all(cfg: BenchServeConfig, requests, api_key: str, writer: Recor
         if media_server is not None:
             media_server.close()
     return [records[id(r)] for r in requests], start, end, phase_starts
+
+
+async def _first_model(client, url: str) -> str:
+    """The first model the endpoint lists (``endpoint.model`` unset)."""
+    import openai
+
+    try:
+        models = (await client.models.list()).data
+    except openai.APIError as exc:
+        raise SystemExit(
+            f"epd: error: GET {url}/models failed ({exc}): is the server up? or set endpoint.model"
+        ) from None
+    if not models:
+        raise SystemExit(f"epd: error: {url}/models lists no model: set endpoint.model")
+    return models[0].id
 
 
 async def _play(requests: list[WorkloadRequest], concurrency: int, one) -> list[float]:

@@ -71,24 +71,31 @@ def unavailable(message: str, retry_after_s: int, code: str) -> ApiError:
 
 def error_of_record(error: str, num_tokens: int, retry_after_s: int) -> ApiError:
     """The HTTP error of a request the frontend ended with ``error`` after ``num_tokens`` tokens."""
-    if error.startswith("bad request: "):  # the frontend refused it: fields, media, lengths
-        message = error.removeprefix("bad request: ")
+    message = error.removeprefix("bad request: ")
+    if num_tokens == 0 and any(words in message for words in TOO_LONG):  # the frontend's or the engine's check
+        return ApiError(400, message, param="messages", code="context_length_exceeded")
+    if error.startswith("bad request: "):  # the frontend refused it: a field, a media part
         return ApiError(400, message, param=_param_of(message))
     if error.startswith("aborted: deadline"):
         return ApiError(504, error, code="timeout")
     if error.startswith("aborted: the server is shutting down"):
         return unavailable(error, retry_after_s, "shutting_down")
-    if num_tokens == 0 and ("media item" in error or "item " in error):  # an encoder could not read its media
+    if num_tokens == 0 and error.startswith("media item"):  # an encoder could not read or encode it
         return ApiError(400, error, param="messages", code="bad_media")
     return ApiError(500, error, code="engine_error")
+
+
+TOO_LONG = ("tokens, over the context", "than the KV cache holds")
+"""Words of the length checks (``epd.frontend.validate.check_length`` and the language engine's)."""
+FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "prompt", "messages")
 
 
 def _param_of(message: str) -> str | None:
     """The request field a frontend check named first (``max_tokens=0 is out of range`` → max_tokens)."""
     if message.startswith(("media item", "message ")):
         return "messages"
-    head = message.split("=", 1)[0].split(" ", 1)[0]
-    return head if head.isidentifier() else None
+    head = message.split("=", 1)[0].split(" ", 1)[0].split("[", 1)[0]
+    return head if head in FIELDS else None
 
 
 def error_response(exc: ApiError) -> Response:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +46,14 @@ def run_server(fe: Frontend, launcher_pid: int | None = None) -> int:
     source = HttpSource(fe.channel.ctx)
     fe.channel.wake_on(source.wake_socket)
     state = _state(fe, source)
-    http = HttpThread(build_app(state), cfg.server.host, cfg.server.port, on_loop=lambda loop: _attach(source, loop))
+    try:
+        http = HttpThread(build_app(state), cfg.server.host, cfg.server.port, lambda loop: _attach(source, loop))
+    except ValueError as exc:  # the port was taken since the entry point checked it
+        log.error("%s", exc)
+        print(f"epd: error: {exc}", file=sys.stderr, flush=True)
+        source.close_sender()
+        source.close()
+        return exit_codes.BAD_CONFIG
     _install_signals(fe, source)
     http.start()
     http.started.wait()

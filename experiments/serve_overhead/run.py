@@ -45,8 +45,15 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "epd-serve-overhead")
     p.add_argument("--latency-requests", type=int, default=32)
     p.add_argument("--throughput-requests", type=int, default=128)
-    p.add_argument("--warmup-requests", type=int, default=4)
+    p.add_argument("--warmup-requests", type=int, default=8)
     p.add_argument("--workload", nargs="*", default=["workload.output_len=32", "workload.input_len=64"])
+    p.add_argument(
+        "--media",
+        choices=("path", "inline"),
+        default="path",
+        help="path: the server reads the bench's media files, as epd.run reads its own (the HTTP path alone); "
+        "inline: data: URIs in the bodies (+ their encoding, transport and decoding)",
+    )
     return p.parse_args(argv), overrides
 
 
@@ -113,11 +120,33 @@ def figures(path: Path) -> dict:
     }
 
 
+def paired(bench_dir: Path, server_dir: Path) -> dict:
+    """The HTTP path per request, with one request in flight: the client's TTFT (send → first event) minus the
+    server's own (its handler's start → the frontend's first token) for the same request, and so for E2E."""
+    import json as _json
+
+    import numpy as np
+
+    def records(path: Path) -> list[dict]:
+        rows = (_json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        return sorted(rows, key=lambda r: r["arrival"])
+
+    client = records(bench_dir / "records.jsonl")  # warm-up requests too: the server saw them first
+    server = records(server_dir / "records.jsonl")[: len(client)]  # the latency workload ran first
+    pairs = [(c, s) for c, s in zip(client, server, strict=True) if c["error"] is None and s["error"] is None]
+    pairs = [(c, s) for c, s in pairs if not c["warmup"]]
+    assert all(c["output_token_ids"] == s["output_token_ids"] for c, s in pairs), "requests paired wrongly"
+    added = {key: [c[f"{key}_ms"] - s[f"{key}_ms"] for c, s in pairs] for key in ("ttft", "e2e")}
+    return {f"added_{key}_p50_ms": float(np.median(values)) for key, values in added.items()} | {"pairs": len(pairs)}
+
+
 def report(table: dict) -> str:
     lat, thr = table["latency"], table["throughput"]
     rows = [
         "| figure | epd.run | epd.serve + epd.bench.serve | served − run / ratio |",
         "|---|---|---|---|",
+        f"| HTTP path per request, one in flight: client TTFT − server TTFT, p50 (ms) | | | +{lat['paired']['added_ttft_p50_ms']:.2f} ms |",  # fmt: skip
+        f"| ... client E2E − server E2E, p50 (ms) | | | +{lat['paired']['added_e2e_p50_ms']:.2f} ms |",
         f"| TTFT p50, one in flight (ms) | {lat['run']['ttft_p50_ms']:.2f} | {lat['serve']['ttft_p50_ms']:.2f} | +{lat['serve']['ttft_p50_ms'] - lat['run']['ttft_p50_ms']:.2f} ms |",  # fmt: skip
         f"| TPOT p50, one in flight (ms) | {lat['run']['tpot_p50_ms']:.2f} | {lat['serve']['tpot_p50_ms']:.2f} | {lat['serve']['tpot_p50_ms'] - lat['run']['tpot_p50_ms']:+.2f} ms |",  # fmt: skip
         f"| request throughput, all at once (req/s) | {thr['run']['request_throughput']:.2f} | {thr['serve']['request_throughput']:.2f} | {thr['serve']['request_throughput'] / thr['run']['request_throughput']:.3f} |",  # fmt: skip
@@ -136,19 +165,22 @@ def main(argv: list[str] | None = None) -> None:
     for name, wl in workloads(args).items():  # epd.run: one job per workload
         run([sys.executable, "-m", "epd.run", "logger.quiet=true", *overrides, *wl, f"hydra.run.dir={work / f'run-{name}'}"], work / f"run-{name}.out")  # fmt: skip
         table[name] = {"run": figures(work / f"run-{name}" / "results.json")}
-    server, url = start_server(work / "serve", overrides)
+    server, url = start_server(work / "serve", [*overrides, f'media.allowed_dirs=["{work}"]'])
     try:
         for name, wl in workloads(args).items():
-            bench = [sys.executable, "-m", "epd.bench.serve", f"endpoint.url={url}", "logger.quiet=true", *model_overrides, *wl]  # fmt: skip
+            bench = [sys.executable, "-m", "epd.bench.serve", f"endpoint.url={url}", f"endpoint.media={args.media}"]
+            bench += ["logger.quiet=true", *model_overrides, *wl]
             run([*bench, f"hydra.run.dir={work / f'serve-{name}'}"], work / f"serve-{name}.out")
             table[name]["serve"] = figures(work / f"serve-{name}" / "results.json")
+            if name == "latency":
+                table[name]["paired"] = paired(work / f"serve-{name}", work / "serve")
     finally:
         os.kill(server.pid, signal.SIGTERM)
         server.wait(timeout=300)
     for sub in ("run-latency", "run-throughput", "serve-latency", "serve-throughput"):
         (args.out / sub).mkdir(exist_ok=True)
         shutil.copy2(work / sub / "results.json", args.out / sub / "results.json")
-    table["overrides"] = overrides
+    table["overrides"], table["media"] = overrides, args.media
     (args.out / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     (args.out / "report.md").write_text(report(table))
     print(report(table), end="")

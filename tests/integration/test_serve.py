@@ -141,6 +141,7 @@ def test_prompt_over_the_context_gives_the_numbers(server):
     limit = server.client().models.list().data[0].max_model_len
     error = _error(server.post("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "a b c d"}], "max_tokens": limit - 3}), 400)  # fmt: skip
     assert str(limit) in error["message"] and str(limit - 3) in error["message"] and "context" in error["message"]
+    assert (error["param"], error["code"]) == ("messages", "context_length_exceeded")
 
 
 def test_body_over_the_limit_is_413(server):

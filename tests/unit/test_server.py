@@ -82,6 +82,14 @@ def test_record_errors_map_to_statuses():
     drained = error_of_record("aborted: the server is shutting down (...)", 3, 2)
     assert (drained.status, drained.headers) == (503, {"Retry-After": "2"})
     assert error_of_record("decode failed: CUDA error", 4, 1).status == 500
+    for too_long in (
+        "bad request: the prompt (before media tokens) has 9 tokens and max_tokens is 99: 108 tokens, over the context of 100 (...)",
+        "the prompt (with placeholders) has 90 tokens and max_tokens is 20: 110 tokens, more than the KV cache holds (100)",
+    ):  # fmt: skip
+        error = error_of_record(too_long, 0, 1)
+        assert (error.status, error.param, error.code) == (400, "messages", "context_length_exceeded")
+    assert error_of_record("bad request: stop[2] is not valid Unicode", 0, 1).param == "stop"
+    assert error_of_record("bad request: id 'x' is already in flight", 0, 1).param is None
     assert error_of_record(DISCONNECTED, 0, 1).status == 500  # (never answered: the client is gone)
 
 
