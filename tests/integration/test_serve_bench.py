@@ -45,12 +45,20 @@ def within_noise(metric: str, served: float, run: float, spread: float) -> bool:
 
 
 @pytest.mark.slow
-def test_bench_against_epd_serve_matches_epd_run(tmp_path, tiny_qwen25vl):
+def test_bench_against_epd_serve_matches_epd_run(tmp_path, tiny_qwen25vl, monkeypatch):
     import numpy as np
 
+    # one torch thread per process: with the bench client on the same 2 cores, OpenMP's spinning threads
+    # would otherwise slow the served side's tower calls 50-fold whenever the machine is busy
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run_epd(tmp_path / "run", f"model.path={tiny_qwen25vl}", *WORKLOAD)
     run = read_results(tmp_path / "run")
-    server = Server(tmp_path / "serve", f"model.path={tiny_qwen25vl}", f'media.allowed_dirs=["{tmp_path / "bench"}"]')
+    server = Server(
+        tmp_path / "serve",
+        f"model.path={tiny_qwen25vl}",
+        f'media.allowed_dirs=["{tmp_path / "bench"}"]',
+        "media.allow_private_addresses=true",  # the bench's own media server, on loopback
+    )
     try:
         server.wait_ready()
         served = bench(
@@ -61,9 +69,14 @@ def test_bench_against_epd_serve_matches_epd_run(tmp_path, tiny_qwen25vl):
             "endpoint.label=epd.serve",
             "endpoint.api_key=bench-key-1234",
         )
+        videos = bench(  # media from the bench's own HTTP server
+            tmp_path / "http", server.url, tiny_qwen25vl, "endpoint.media=http", "workload=random_video",
+            "workload.video_seconds=1", "workload.num_requests=3",
+        )  # fmt: skip
     finally:
         assert server.stop() == 0, server.output()
     assert served["label"] == "epd.serve" and set(served) >= {"config", "environment", "summary", "requests"}
+    assert all(r["error"] is None and len(r["output_token_ids"]) == 24 for r in videos["requests"]), videos["summary"]
     assert "bench-key-1234" not in (tmp_path / "bench" / "results.json").read_text()  # the key is never written
     by_id = {r["id"]: r for r in run["requests"]}
     assert [r["id"] for r in served["requests"]] == [r["id"] for r in run["requests"]]
