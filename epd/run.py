@@ -56,11 +56,7 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(dcfg: DictConfig) -> None:
-    try:
-        code = launch(dcfg)
-    except ValueError as exc:
-        print(f"epd: error: {exc}", file=sys.stderr)
-        code = exit_codes.BAD_CONFIG
+    code = launch_or_explain(dcfg)
     if code:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # Hydra records the failure and runs the next job
             job = HydraConfig.get().job
@@ -69,6 +65,15 @@ def main(dcfg: DictConfig) -> None:
                 atexit.register(_list_failed_jobs)
             raise RuntimeError(f"epd: sweep job {job.num} failed with exit code {code}")
         sys.exit(code)
+
+
+def launch_or_explain(dcfg: DictConfig) -> int:
+    """``launch``, with a bad config explained in one line (exit code ``BAD_CONFIG``)."""
+    try:
+        return launch(dcfg)
+    except ValueError as exc:
+        print(f"epd: error: {exc}", file=sys.stderr)
+        return exit_codes.BAD_CONFIG
 
 
 def _list_failed_jobs() -> None:
@@ -96,6 +101,7 @@ def launch(dcfg: DictConfig) -> int:
             if not raw["launch"].get("master_port"):
                 raw["launch"]["master_port"] = int(os.environ["MASTER_PORT"])
     cfg = with_defaults(build_run_config(raw))
+    cfg = dataclasses.replace(cfg, server=cfg.server.with_key(dict(os.environ)))  # only its hash goes on
     from epd.models import detect_family, resolve_checkpoint
 
     detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
@@ -114,11 +120,13 @@ def launch(dcfg: DictConfig) -> int:
             first = ctx.rank - ctx.local_rank
             check_memory(cfg, ranks_here=range(first, first + (ctx.local_world_size or world)))
         if ctx.rank == 0:
+            check_port(cfg)
             prepare_run(cfg, config_file)
         return run_rank(cfg, ctx)
 
     setup_logging("launcher", cfg.run_dir, cfg.logger.quiet)
     check_memory(cfg)
+    check_port(cfg)
     prepare_run(cfg, config_file)
     if world > 1:
         from epd.launch.spawn import spawn_job
@@ -134,8 +142,11 @@ def launch(dcfg: DictConfig) -> int:
 
 def with_defaults(cfg):
     """Fill what depends on the run: local media may come from the workload file's folder (unless
-    ``media.allowed_dirs`` names folders itself) and always from the run directory (its own media)."""
+    ``media.allowed_dirs`` names folders itself) and always from the run directory (its own media).
+    A server reads local media only from the folders ``media.allowed_dirs`` names (none by default)."""
     media = cfg.media
+    if cfg.server.enabled:
+        return dataclasses.replace(cfg, media=dataclasses.replace(media, allowed_dirs=list(media.allowed_dirs or [])))
     dirs = list(media.allowed_dirs) if media.allowed_dirs is not None else []
     if media.allowed_dirs is None and cfg.workload.name == "file" and cfg.workload.path:
         dirs.append(str(Path(cfg.workload.path).expanduser().absolute().parent))
@@ -154,9 +165,27 @@ def check_memory(cfg, ranks_here=None) -> None:
     log.info("memory: %s", estimate_memory(cfg, ranks_here=ranks_here).summary())
 
 
+def check_port(cfg) -> None:
+    """A server's port must be free before any rank loads a model (``ValueError`` naming the key)."""
+    if not cfg.server.enabled or cfg.server.port == 0:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((cfg.server.host, cfg.server.port))
+        except OSError as exc:
+            raise ValueError(
+                f"server.port={cfg.server.port} on {cfg.server.host} cannot be used ({exc.strerror}): "
+                "pick another port, or server.port=0 for any free one"
+            ) from None
+
+
 def prepare_run(cfg, config_file: Path) -> None:
     """Write the typed config and build and check the whole workload (``workload.jsonl``), before any rank
-    has loaded a model; a broken workload raises ``ValueError`` naming file, line and key."""
+    has loaded a model; a broken workload raises ``ValueError`` naming file, line and key. A server has
+    no workload: only its config is written."""
     from transformers import AutoTokenizer
 
     from epd.config import save_run_config
@@ -165,7 +194,7 @@ def prepare_run(cfg, config_file: Path) -> None:
     from epd.workload import build_workload, save_requests
 
     save_run_config(cfg, config_file)
-    if cfg.launch.node_rank != 0:  # the workload is the frontend's, which runs on node 0
+    if cfg.launch.node_rank != 0 or cfg.server.enabled:  # the workload is the frontend's (node 0); a server has none
         return
     run_dir = Path(cfg.run_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(cfg.model))

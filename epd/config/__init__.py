@@ -20,6 +20,7 @@ from epd.media.config import MediaConfig
 from epd.metrics import LoggerConfig
 from epd.models.config import ModelConfig
 from epd.scheduler.config import SchedulerConfig
+from epd.server.config import ServerConfig
 from epd.transfer import TransferConfig
 from epd.workload import WorkloadConfig
 
@@ -38,6 +39,7 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     device: str = "auto"
     """``auto`` (GPU when present), ``cpu`` or ``cuda``."""
     run_dir: str = "."

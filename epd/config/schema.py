@@ -21,6 +21,7 @@ from epd.media.config import MediaConfig
 from epd.metrics import LoggerConfig
 from epd.models.config import ModelConfig
 from epd.scheduler.config import SchedulerConfig
+from epd.server.config import ServerConfig
 from epd.transfer import TransferConfig
 from epd.workload import WorkloadConfig
 
@@ -35,6 +36,7 @@ GROUPS: dict[str, type] = {
     "logger": LoggerConfig,
     "media": MediaConfig,
     "launch": LaunchConfig,
+    "server": ServerConfig,
 }
 
 

@@ -40,6 +40,10 @@ def main(argv: list[str]) -> int:
 
         write_aborted_run(cfg, f"the frontend could not start: {type(exc).__name__}: {exc}")
         return exit_codes.JOB_FAILED
+    if cfg.server.enabled:  # python -m epd.serve: HTTP clients instead of the workload
+        from epd.server.loop import run_server
+
+        return run_server(frontend, int(launcher) if launcher else None)
     return run_job(frontend, int(launcher) if launcher else None)
 
 

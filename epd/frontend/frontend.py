@@ -120,6 +120,7 @@ class Frontend:
         self.events: list[dict] = []  # what happened to the job (lost ranks, items re-sent)
         self.progress = ProgressBar(0, enabled=False)  # the measured phase's bar is made by the run
         self.signals: list[int] = []  # set by the process's signal handlers
+        self.source: RequestSource | None = None  # the source being played: told of every request's progress
 
     @property
     def served(self) -> set[str]:
@@ -131,11 +132,15 @@ class Frontend:
         """Submit ``source``'s requests as they come due and collect their outputs until the source is done
         and nothing is in flight; ``JobStopped`` when the job must end first."""
         seen = len(self.records)
+        self.source = source
         while not (source.done and not self.inflight):
             watch.check()
             now = time.time()
             for req, arrival in source.due(now, len(self.inflight)):
                 self.submit(req, arrival)
+            for request_id, error in source.cancelled(now):
+                if request_id in self.inflight:
+                    self.abort(self.inflight[request_id], error)
             wait_ms = min(source.wait_s(time.time()) * 1000, 20)
             for sender, msg in self.channel.recv(max(0, int(wait_ms))):
                 watch.heard(sender)
@@ -242,7 +247,10 @@ class Frontend:
         )
 
     def tokenize(self, req: WorkloadRequest) -> tuple[list[int], list]:
-        """Chat template + tokenizer; one placeholder token per media item (the language side expands it)."""
+        """Chat template + tokenizer; one placeholder token per media item (the language side expands it).
+        A text completion's ``prompt`` is tokenized as it is (no template, no media)."""
+        if req.prompt is not None:
+            return self.tokenizer(req.prompt)["input_ids"], []
         messages, media = to_template_messages(req.messages)
         self._check_served(media)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -332,6 +340,8 @@ class Frontend:
 
     def on_progress(self, tracked: Tracked, new_tokens: list[int]) -> None:
         """New tokens of a request in flight (the HTTP source streams them)."""
+        if self.source is not None:
+            self.source.on_update(tracked.record, new_tokens, False)
 
     def end(self, tracked: Tracked) -> None:
         """``tracked`` is over (finished, failed or aborted): free its load, record it."""
@@ -342,7 +352,7 @@ class Frontend:
         if tracked.decode_rank >= 0:
             self.decode_policy.load.finish(tracked.decode_rank, tracked.req.id)
         self.inflight.pop(tracked.req.id, None)
-        self._finish_record(tracked.record)
+        self._finish_record(tracked.record, new_tokens or [])
 
     def abort(self, tracked: Tracked, error: str) -> None:
         """End a request in flight with ``error``: its language rank frees its blocks, its encoders drop
@@ -356,11 +366,13 @@ class Frontend:
         tracked.record.finish_reason = "abort"
         self.end(tracked)
 
-    def _finish_record(self, record: RequestRecord) -> None:
+    def _finish_record(self, record: RequestRecord, new_tokens: list[int] | None = None) -> None:
         record.timestamps["frontend_finished"] = time.time()
         stamp_latencies(record)
         self.records.append(record)
         self.writer.write(record)
+        if self.source is not None:
+            self.source.on_update(record, new_tokens or [], True)
 
     def _stop_string(self, tracked: Tracked) -> str | None:
         """The output text before the first stop string, once one has appeared (else None)."""

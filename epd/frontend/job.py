@@ -47,14 +47,7 @@ def run_job(fe: Frontend, launcher_pid: int | None = None) -> int:
     beat = None
     reason, code, start, phase_starts = None, exit_codes.OK, time.time(), []
     try:
-        _await_ranks(fe)
-        try:
-            fe.channel.resolve([rank_name(r) for r in range(cfg.topology.world_size)])  # once, at start-up
-        except Rejected as exc:
-            raise JobStopped(f"the job's store holds an address that is not this job's: {exc.detail}", 1) from None
-        addresses = [fe.channel.peer_address(rank_name(r)) for r in range(cfg.topology.world_size)]
-        beat = HeartbeatThread(fe.channel, addresses, cfg.launch.heartbeat_interval_s, launcher_pid)
-        beat.start()
+        beat = connect_ranks(fe, launcher_pid)
         fe.play(WorkloadSource([r for r in requests if r.warmup], time.time()), watch)
         measured = [r for r in requests if not r.warmup]
         fe.progress = ProgressBar(len(measured), enabled=not cfg.logger.quiet)
@@ -62,12 +55,27 @@ def run_job(fe: Frontend, launcher_pid: int | None = None) -> int:
         source = WorkloadSource(measured, start, cfg.workload.concurrency)
         phase_starts = source.driver.phase_starts  # filled as phases start
         fe.play(source, watch)
-        _await_item_reports(fe, watch, REPORT_GRACE_S)
+        await_item_reports(fe, watch, REPORT_GRACE_S)
     except JobStopped as stop:
         reason, code = stop.reason, stop.code
     finally:
         fe.progress.close()
     return finish_run(fe, requests, reason, code, start, phase_starts, beat)
+
+
+def connect_ranks(fe: Frontend, launcher_pid: int | None) -> HeartbeatThread:
+    """Wait until every rank is up (warmed up), read their addresses once and start beating to them;
+    ``JobStopped`` when a rank ended first or on a signal."""
+    world = fe.cfg.topology.world_size
+    _await_ranks(fe)
+    try:
+        fe.channel.resolve([rank_name(r) for r in range(world)])  # once, at start-up
+    except Rejected as exc:
+        raise JobStopped(f"the job's store holds an address that is not this job's: {exc.detail}", 1) from None
+    addresses = [fe.channel.peer_address(rank_name(r)) for r in range(world)]
+    beat = HeartbeatThread(fe.channel, addresses, fe.cfg.launch.heartbeat_interval_s, launcher_pid)
+    beat.start()
+    return beat
 
 
 def _await_ranks(fe: Frontend) -> None:
@@ -97,7 +105,7 @@ def _await_ranks(fe: Frontend) -> None:
         fe.limits = type(fe.limits)(max_context=fe.limits.max_context, kv_tokens=kv)
 
 
-def _await_item_reports(fe: Frontend, watch: JobWatch, timeout_s: float) -> None:
+def await_item_reports(fe: Frontend, watch: JobWatch, timeout_s: float) -> None:
     """Encoders report items on their own socket: collect the last reports (their stats) before stopping."""
     deadline = time.time() + timeout_s
     while fe.unreported and time.time() < deadline:

@@ -35,6 +35,10 @@ class RequestSource(ABC):
     def on_update(self, record: RequestRecord, new_tokens: list[int], finished: bool) -> None:  # noqa: B027
         """A request made progress: ``new_tokens`` arrived, and maybe it ``finished`` (``record`` is final)."""
 
+    def cancelled(self, now: float) -> list[tuple[str, str]]:
+        """(request id, error) of requests in flight to abort now (a client left, a deadline passed)."""
+        return []
+
     def unsent(self) -> list[WorkloadRequest]:
         """Requests the source holds that were never submitted (the run was cut short)."""
         return []

@@ -51,6 +51,8 @@ def check_request(req: WorkloadRequest, limits: Limits) -> None:
         if not 0 < len(stop) <= MAX_STOP_CHARS:
             raise ValueError(f"stop[{i}] must have 1 to {MAX_STOP_CHARS} characters")
     _check_strings("messages", req.messages)
+    if req.prompt is not None:
+        check_text("prompt", req.prompt)
 
 
 def check_length(num_prompt_tokens: int, max_tokens: int, limits: Limits, what: str = "the prompt") -> None:

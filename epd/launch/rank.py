@@ -79,6 +79,8 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, 
     frontend = None
     if ctx.rank == 0 and not ctx.supervised:
         frontend = _start_frontend(cfg, ctx, secret)
+        if cfg.server.enabled:  # a server drains on SIGTERM/Ctrl-C, then tells the ranks to stop
+            _forward_signals(frontend)
     server = None
     served = False
     try:
@@ -107,6 +109,17 @@ def run_rank(cfg: RunConfig, ctx: RankContext, store: dist.Store | None = None, 
 
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(exit_codes.TERMINATED)
+
+
+def _forward_signals(frontend: subprocess.Popen) -> None:
+    """SIGTERM and SIGINT go on to the frontend, and this rank keeps serving until it says stop."""
+
+    def forward(signum, frame) -> None:
+        if frontend.poll() is None:
+            frontend.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
 
 
 def _die_with(launcher_pid: int) -> None:

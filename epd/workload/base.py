@@ -321,6 +321,9 @@ class WorkloadRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     """Strings that end the request (OpenAI ``stop``); the output text ends before the first one."""
+    prompt: str | None = None
+    """A text completion's prompt (OpenAI ``/v1/completions``), tokenized as it is: no chat template,
+    and ``messages`` is empty."""
     arrival_s: float = 0.0
     warmup: bool = False
     phase: int = 0

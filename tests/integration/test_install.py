@@ -35,6 +35,8 @@ CONSOLE_SCRIPTS = (
     "epd-bench-host",
     "epd-bench-kv",
     "epd-bench-preprocess",
+    "epd-serve",
+    "epd-bench-serve",
 )
 
 

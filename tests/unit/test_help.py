@@ -17,6 +17,8 @@ COMMANDS = {
     "epd.bench.transfer": ["transfer=VALUE", "sizes=VALUE", "reference"],
     "epd.bench.engine": ["--smoke", "transformers", "floor"],
     "epd.bench.host": ["host work", "batch 1 and 32"],
+    "epd.serve": ["/v1/chat/completions", "server keys", "drain_timeout_s", "topology: 1e1p"],
+    "epd.bench.serve": ["endpoint.url", "vLLM", "workload: ", "return_token_ids"],
     "epd_kernels.bench": ["--only", "merge", "rope"],
     "epd.bench.kv": ["transfer=VALUE", "tokens=VALUE", "reference"],
     "epd.bench.preprocess": ["--device", "host", "floor"],
