@@ -302,13 +302,13 @@ class Frontend:
         if final is not None and (
             final.error is not None or len(rec.output_token_ids) >= final.offset + len(final.token_ids)
         ):
-            self._finish_output(tracked, final, None)
+            self._finish_output(tracked, final, None, new)
             return
         stopped = self._stop_string(tracked) if new else None
         if stopped is not None:  # the language side keeps going until told: tell it, finish here
             for rank in tracked.language_ranks - self.lost:
                 self.channel.send(rank_name(rank), Abort(request_id=msg.request_id))
-            self._finish_output(tracked, msg, stopped)
+            self._finish_output(tracked, msg, stopped, new)
         elif new:
             self.on_progress(tracked, new)
 
@@ -329,22 +329,23 @@ class Frontend:
                 rec.token_times.extend([at] * len(extra))
                 new += extra
 
-    def _finish_output(self, tracked: Tracked, msg: RequestOutput, stopped: str | None) -> None:
+    def _finish_output(self, tracked: Tracked, msg: RequestOutput, stopped: str | None, new: list[int]) -> None:
         rec = tracked.record
         rec.error = msg.error
         rec.finish_reason = "stop" if stopped is not None else msg.finish_reason
         if msg.finished:
             rec.num_cached_tokens, rec.num_preemptions = msg.num_cached_tokens, msg.num_preemptions
         rec.output_text = stopped if stopped is not None else self._detokenize(rec.output_token_ids)
-        self.end(tracked)
+        self.end(tracked, new)
 
     def on_progress(self, tracked: Tracked, new_tokens: list[int]) -> None:
         """New tokens of a request in flight (the HTTP source streams them)."""
         if self.source is not None:
             self.source.on_update(tracked.record, new_tokens, False)
 
-    def end(self, tracked: Tracked) -> None:
-        """``tracked`` is over (finished, failed or aborted): free its load, record it."""
+    def end(self, tracked: Tracked, new_tokens: list[int] | None = None) -> None:
+        """``tracked`` is over (finished, failed or aborted): free its load, record it (``new_tokens``: the
+        ones that came with its end, for a streaming source)."""
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.policy.on_item_done(enc, item)
             self.unreported.pop(item.key, None)
