@@ -237,34 +237,43 @@ class RankServer:
         self.parked.append((msg, time.monotonic() + self.cfg.transfer.recv_timeout_s))
 
     def _receive_arrived(self) -> None:
-        """Receive parked items whose data is here, in arrival order (point-to-point backends match
-        sends by order); an item whose data does not come in ``transfer.recv_timeout_s`` fails."""
+        """Receive parked items whose data is here; an item whose data does not come within
+        ``transfer.recv_timeout_s`` fails. nccl matches a pair's sends by order, so there the items are
+        taken strictly in arrival order; the other backends take whichever is ready, so one item whose
+        sender died mid-send holds up no other."""
+        in_order = self.transfer.name == "nccl"
+        waiting: deque[tuple[ItemReady | KvReady, float]] = deque()
         while self.parked:
-            msg, deadline = self.parked[0]
+            msg, deadline = self.parked.popleft()
             try:
                 if not self.transfer.ready(msg.handle):
                     if time.monotonic() < deadline:
-                        return
+                        waiting.append((msg, deadline))
+                        if in_order:
+                            break
+                        continue
                     raise TimeoutError(f"no data within transfer.recv_timeout_s={self.cfg.transfer.recv_timeout_s:g}")
                 tensors = dict(zip(msg.tensor_names, self.transfer.recv(msg.handle), strict=True))
                 error = None
             except (ValueError, RuntimeError, TimeoutError, OSError) as exc:
                 tensors = None
                 error = f"{type(exc).__name__}: {exc}"
-            self.parked.popleft()
-            if isinstance(msg, KvReady):
-                self._on_kv(msg, tensors, error)
-                continue
-            meta = None
-            if error is None:
-                meta = ItemMeta(
-                    modality=msg.modality, token_ids=msg.token_ids, token_types=msg.token_types, info=msg.info
-                )
-            else:
-                error = f"its embeddings could not be received: {error}"
-                log.warning("rank %d: item %d of %s: %s", self.rank, msg.index, msg.request_id, error)
-            msg.timestamps["transfer_end"] = time.time()
-            self.language.add_item(msg.request_id, msg.index, meta, tensors, error, msg.timestamps)
+            self._received(msg, tensors, error)
+        waiting.extend(self.parked)
+        self.parked = waiting
+
+    def _received(self, msg: ItemReady | KvReady, tensors: dict | None, error: str | None) -> None:
+        if isinstance(msg, KvReady):
+            self._on_kv(msg, tensors, error)
+            return
+        meta = None
+        if error is None:
+            meta = ItemMeta(modality=msg.modality, token_ids=msg.token_ids, token_types=msg.token_types, info=msg.info)
+        else:
+            error = f"its embeddings could not be received: {error}"
+            log.warning("rank %d: item %d of %s: %s", self.rank, msg.index, msg.request_id, error)
+        msg.timestamps["transfer_end"] = time.time()
+        self.language.add_item(msg.request_id, msg.index, meta, tensors, error, msg.timestamps)
 
     # ---- KV cache between prefill and decode instances ------------------------------------------
 

@@ -155,7 +155,8 @@ class Supervisor:
                     log.warning("epd: second signal: killing the job")
                     return exit_codes.for_signal(self.signals[-1])
                 _signal(self.frontend, self.signals[0])
-                deadline = time.monotonic() + max(60.0, 6 * self.cfg.launch.shutdown_grace_s)
+                drain = self.cfg.server.drain_timeout_s if self.cfg.server.enabled else 0.0  # a server drains first
+                deadline = time.monotonic() + max(60.0, 6 * self.cfg.launch.shutdown_grace_s) + drain
             code = self.frontend.poll()
             if code is not None:
                 return self._frontend_ended(code)
