@@ -104,6 +104,7 @@ def launch(dcfg: DictConfig) -> int:
     cfg = dataclasses.replace(cfg, server=cfg.server.with_key(dict(os.environ)))  # only its hash goes on
     from epd.models import detect_family, resolve_checkpoint
 
+    setup_logging(f"rank{os.environ['RANK']}" if under_launcher() else "launcher", cfg.run_dir, cfg.logger.quiet)
     detect_family(resolve_checkpoint(cfg.model))  # unsupported or missing checkpoints fail here
     config_file = Path(cfg.run_dir) / "epd_config.json"
     world = cfg.topology.world_size
@@ -115,7 +116,6 @@ def launch(dcfg: DictConfig) -> int:
                 f"topology {cfg.topology.name!r} needs {world} rank(s) but torchrun started {ctx.world_size}: "
                 f"use torchrun --nproc-per-node {world} (or plain python -m epd.run, which starts them)"
             )
-        setup_logging(f"rank{ctx.rank}", cfg.run_dir, cfg.logger.quiet)
         if ctx.local_rank == 0:  # one check per host, before any rank of it loads a model
             first = ctx.rank - ctx.local_rank
             check_memory(cfg, ranks_here=range(first, first + (ctx.local_world_size or world)))
@@ -124,7 +124,6 @@ def launch(dcfg: DictConfig) -> int:
             prepare_run(cfg, config_file)
         return run_rank(cfg, ctx)
 
-    setup_logging("launcher", cfg.run_dir, cfg.logger.quiet)
     check_memory(cfg)
     check_port(cfg)
     prepare_run(cfg, config_file)
@@ -162,7 +161,9 @@ def check_memory(cfg, ranks_here=None) -> None:
     from epd.models import estimate_memory
 
     check(cfg, ranks_here=ranks_here)
-    log.info("memory: %s", estimate_memory(cfg, ranks_here=ranks_here).summary())
+    from epd.launch.logs import FILE_ONLY
+
+    log.info("memory: %s", estimate_memory(cfg, ranks_here=ranks_here).summary(), extra=FILE_ONLY)
 
 
 def check_port(cfg) -> None:

@@ -18,10 +18,16 @@ FILE_FORMAT = "%(asctime)s {name} %(name)s %(levelname)s %(message)s"
 RUN_LOG = "run.log"
 
 
+FILE_ONLY = {"file_only": True}
+"""``log.info(..., extra=FILE_ONLY)``: for run.log, not the console."""
+
+
 class _EpdOnly(logging.Filter):
-    """Console: epd's loggers at INFO and up; anyone else's only when it is an error."""
+    """Console: epd's loggers at INFO and up (but not ``FILE_ONLY`` lines); anyone else's only errors."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
         return record.name == "epd" or record.name.startswith("epd.") or record.levelno >= logging.ERROR
 
 
