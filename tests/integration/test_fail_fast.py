@@ -11,8 +11,6 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
-
 
 def _epd(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
