@@ -206,3 +206,19 @@ def test_a_killed_ranks_pool_is_removed_by_the_launchers_cleanup(shm_dir: Path) 
     cfg = TransferConfig(backend="shm", shm_dir=str(shm_dir))
     assert remove_job_segments(cfg, job_id(SECRET)) == 2
     assert list(shm_dir.iterdir()) == []
+
+
+def test_a_taken_segment_name_is_drawn_again_and_left_alone(shm_dir: Path, monkeypatch) -> None:
+    """Names are random, but if one is taken (a stale file, another process), the next is drawn: the
+    transfer goes through and the file under the taken name is not touched."""
+    from epd.transfer import shm_pool
+
+    draws = iter(["a" * 16, "b" * 16, "c" * 16, "d" * 16])
+    monkeypatch.setattr(shm_pool.secrets, "token_hex", lambda n: next(draws))
+    with _backend(shm_dir) as transfer:
+        squatter = shm_dir / f"{transfer._prefix}0-{'a' * 16}"
+        squatter.write_bytes(b"not ours")
+        sent = [torch.randn(64, 64)]
+        assert _same(transfer.recv(transfer.send(0, sent)), sent)
+        assert squatter.read_bytes() == b"not ours"
+    assert [p.name for p in shm_dir.iterdir()] == [squatter.name]
