@@ -241,6 +241,8 @@ class RankServer:
         ``transfer.recv_timeout_s`` fails. nccl matches a pair's sends by order, so there the items are
         taken strictly in arrival order; the other backends take whichever is ready, so one item whose
         sender died mid-send holds up no other."""
+        if not self.parked:
+            return
         in_order = self.transfer.name == "nccl"
         waiting: deque[tuple[ItemReady | KvReady, float]] = deque()
         while self.parked:
