@@ -348,7 +348,8 @@ class Frontend:
         ones that came with its end, for a streaming source)."""
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.policy.on_item_done(enc, item)
-            self.unreported.pop(item.key, None)
+            if tracked.record.error is not None:  # its encoders drop what they had not done: no report comes
+                self.unreported.pop(item.key, None)
         self.language_load[tracked.language_rank] -= 1
         if tracked.decode_rank >= 0:
             self.decode_policy.load.finish(tracked.decode_rank, tracked.req.id)

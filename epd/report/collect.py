@@ -32,7 +32,7 @@ LATENCIES = ("ttft", "tpot", "itl", "e2e")
 # config keys that never tell variants apart: what one line of a plot varies, and bookkeeping
 NOT_VARIANT = re.compile(
     r"^(run_dir|workload\.(request_rate|num_requests|seed|phase_rates|phase_requests|trace_path)|logger\..*"
-    r"|topology\.instances.*)$"
+    r"|topology\.instances.*|media\.allowed_dirs|server\.api_key.*)$"  # (allowed_dirs holds each job's run dir)
 )
 
 
