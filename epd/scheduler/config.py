@@ -26,6 +26,9 @@ class SchedulerConfig:
     """Tokens per second of audio or video-seconds hint (Qwen2-Audio: 25, Qwen3-Omni: 13)."""
     ring_replicas: int = 64
     """``cache_affinity``: virtual points per encoder on the consistent-hash ring (more = more even)."""
+    decode_policy: str = "round_robin"
+    """With separate prefill and decode instances: which decode instance continues a prefilled request
+    (``epd.scheduler.decode.DECODE_POLICIES``): ``round_robin``, ``least_loaded`` (most free KV blocks)."""
 
     def __post_init__(self) -> None:
         from epd.scheduler import ENCODER_POLICIES
@@ -34,6 +37,12 @@ class SchedulerConfig:
             name = getattr(self, key)
             if name not in ENCODER_POLICIES:
                 raise ValueError(f"scheduler.{key}={name!r} is unknown; known: {', '.join(sorted(ENCODER_POLICIES))}")
+        from epd.scheduler.decode import DECODE_POLICIES
+
+        if self.decode_policy not in DECODE_POLICIES:
+            raise ValueError(
+                f"scheduler.decode_policy={self.decode_policy!r} is unknown; known: {', '.join(DECODE_POLICIES)}"
+            )
         if self.within_group == "modality":
             raise ValueError("scheduler.within_group=modality would nest groups in groups: pick another policy")
         for modality, tokens in self.item_tokens.items():
