@@ -11,19 +11,24 @@ measured quantity keeps its points next to the model fitted on them (``epd.profi
                 modalities, config (the ModelConfig)
     config      engine, encoder, scheduler (the configs measured with), quick
     frontend    prompt: prefix_ids, suffix_ids, placeholder_ids[modality], pad_ids[modality];
-                tokenize_s: points [[prompt tokens, s]], fit linear
+                tokenize_s: points [[prompt tokens, s]], fit linear; probe_s (per modality): sizing and
+                hashing one item (MediaProbe), points [[size, s]], fit linear
     encoder     per modality: size_unit, fetch_s and preprocess_s (points [[size, s]], fit linear;
                 size = pixels of an image, seconds x pixels of a video, seconds of audio),
                 tower_s (points [{"tokens": [per item], "s"}], fit nnls over items, tokens,
                 tokens_sq = sum of squared per-item tokens, one = 1)
     transfer    per backend: points [[bytes, s]], fit linear (a = fixed cost, b = s per byte)
-    control     latency_s: a control message between two processes
+    control     latency_s: a control message between two processes (half a round trip); send_s: sending one
+                RequestOutput (encode + send), recv_s: receiving and decoding one, poll_s: an empty inbox
+                poll (once per turn of a rank's loop); all with epd's own Channel
     language    block_size, kv_capacity_tokens, kv_bytes_per_token, max_batch_tokens, max_num_seqs;
                 prefill_s: points [[tokens, context, s]], fit {"knots": [[tokens, s]], "attn_s"}
                   (a prefill of n tokens after c cached ones: piecewise(knots, n) + attn_s*n*(c + n/2));
                 decode_s: points [[batch, context, s]], fit {"knots": [[batch, s]], "ctx_s"}
                   (a decode step of B sequences holding C tokens in all: piecewise(knots, B) + ctx_s*C);
-                mixed_check: measured vs predicted steps that mix a prefill chunk with decodes
+                mixed_check: measured vs predicted steps that mix a prefill chunk with decodes;
+                prepare_s: points [[prompt tokens, s]], fit linear (a request's prompt expanded, its
+                positions computed and its embeddings merged once its items are in)
     parallel    allreduce_bw_bytes_per_s, allreduce_latency_s, source (assumed, not measured on one GPU)
 """
 

@@ -50,7 +50,16 @@ class CostModel:
                 "pick one of those or profile again"
             )
         self._transfer = profile["transfer"][backend]["fit"]
-        self.control_latency_s = float(profile["control"]["latency_s"])
+        control = profile["control"]
+        self.control_latency_s = float(control["latency_s"])
+        self.send_s = float(control.get("send_s", 0.0))
+        """A rank sending one control message (its loop pays it)."""
+        self.recv_s = float(control.get("recv_s", 0.0))
+        """The frontend receiving one message."""
+        self.poll_s = float(control.get("poll_s", 0.0))
+        """One turn of a rank's loop polling its inbox."""
+        self._probe = profile["frontend"].get("probe_s", {})
+        self._prepare_fit = profile["language"].get("prepare_s", {}).get("fit")
         par = profile["parallel"]
         self.allreduce_bw = (
             (opts.allreduce_gbps * 1e9) if opts.allreduce_gbps else float(par["allreduce_bw_bytes_per_s"])
@@ -71,6 +80,15 @@ class CostModel:
     def tokenize_s(self, prompt_tokens: int) -> float:
         """The frontend's chat template + tokenizer for one request."""
         return evaluate(self._tokenize, prompt_tokens)
+
+    def probe_s(self, item: MediaSize) -> float:
+        """The frontend sizing and hashing one item."""
+        fit = self._probe.get(item.modality)
+        return evaluate(fit["fit"], item.size) if fit else 0.0
+
+    def prepare_s(self, prompt_tokens: int) -> float:
+        """A language instance expanding a prompt whose items are in (positions, embedding merge)."""
+        return evaluate(self._prepare_fit, prompt_tokens) if self._prepare_fit else 0.0
 
     def _media(self, modality: str) -> dict:
         enc = self.profile["encoder"]

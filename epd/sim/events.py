@@ -20,6 +20,8 @@ class EventLoop:
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.event_time = 0.0
+        """The running event's own time (``now`` may have moved past it while its handler worked)."""
         self._heap: list[tuple[float, int, Callable, tuple]] = []
         self._order = itertools.count()
         self.events = 0
@@ -42,7 +44,7 @@ class EventLoop:
             if heap[0][0] > until:
                 return
             time_s, _, fn, args = heapq.heappop(heap)
-            self.now = time_s
+            self.now = self.event_time = time_s
             self.events += 1
             fn(*args)
 

@@ -98,9 +98,19 @@ class SimFrontend:
         record = SimRecord(id=req.id, arrival=arrival, warmup=req.req.warmup, phase=req.req.phase)
         tracked = Tracked(req=req, record=record)
         self.inflight[req.id] = tracked
+        costs = self.sim.costs
+        work = costs.tokenize_s(len(req.prompt_ids)) + sum(costs.probe_s(it.size) for it in req.items)
         start = max(self.loop.now, self.free_at)
-        self.free_at = start + self.sim.host_of_frontend.run(start, self.sim.costs.tokenize_s(len(req.prompt_ids)))
+        self.free_at = start + self.sim.host_of_frontend.run(start, work)
         self.loop.at(self.free_at, self._dispatch, tracked)
+
+    def receive(self, handler: Callable, msg) -> None:
+        """A message reaches the frontend and is handled at once (its ``recv_s`` is booked on the host).
+        Tokens are stamped when they arrive, not after a tokenization the frontend may be in: the real
+        frontend handles messages between submissions, which the simulator leaves out (it is at most one
+        request's tokenize time, and it lets runs of decode steps deliver their tokens in one event)."""
+        self.sim.host_of_frontend.run(self.loop.now, self.sim.costs.recv_s)
+        handler(msg)
 
     def _dispatch(self, tracked: Tracked) -> None:
         """The request is tokenized: assign its items, route it, send it (``Frontend.submit``)."""

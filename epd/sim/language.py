@@ -13,9 +13,7 @@ token and keeps its blocks until the KV cache has reached the decode instance; a
 allocates the request's blocks (waiting, first come first served, while they are short), receives
 the KV cache and continues decoding.
 
-``decode_run`` is the one shortcut: when the next steps are pure decode steps of the same batch
-(nothing finishes, nothing can be admitted, the blocks suffice, no message arrives) it runs them
-as one event, with the block allocations in the order ``schedule`` would make them.
+``epd.sim.decode_run`` is the one shortcut: runs of pure decode steps of the same batch as one event.
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-
-import numpy as np
 
 from epd.language.block_manager import BlockManager
 from epd.language.config import EngineConfig
@@ -162,6 +158,8 @@ class SimEngine:
         if complete:
             seq.items = {}
         seq.item_spans = spans
+        if metas:  # text-only prompts skip positions and the merge
+            self._work(self.costs.prepare_s(len(ids)))
 
     # ---- steps (LanguageEngine.step) ------------------------------------------------------------------
 
@@ -268,93 +266,3 @@ class SimEngine:
             self.scheduler.running.append(seq)
             self.seqs[seq.id] = seq
             on_admit(seq)
-
-    # ---- runs of identical decode steps --------------------------------------------------------------
-
-    def decode_run(self, horizon: float, max_steps: int = 1 << 20) -> tuple[list[Sequence], np.ndarray] | None:
-        """Run the next steps as one event when they are pure decode steps of the running batch that
-        ``schedule`` would make identically (module docstring); only steps that start before
-        ``horizon`` (the next message to this instance) run. Returns the sequences and the end time
-        of each step, or None (then ``step`` runs one step as usual)."""
-        running = self.scheduler.running
-        if not running or self.kv_waiting or len(running) > self.cfg.max_batch_tokens:
-            return None
-        for seq in running:
-            if seq.status is not Status.RUNNING or not seq.ready or not seq.prefill_done:
-                return None
-        if any(seq.error is not None for seq in self.seqs.values()) or not self._admission_blocked(len(running)):
-            return None
-        left = min(seq.request.sampling.max_tokens - len(seq.output_ids) for seq in running)
-        steps = min(left - 1, max_steps, self._steps_blocks_allow(running))
-        if steps < 2:
-            return None
-        ends = self._step_ends(running, steps, horizon)
-        if len(ends) < 2:
-            return None
-        self._grow_in_order(running, len(ends))
-        k = len(ends)
-        for seq in running:
-            seq.num_computed += k
-            seq.output_ids += [0] * k
-            seq.token_ids += [0] * k
-            self.blocks.computed(seq)
-        self.steps += k
-        return list(running), ends
-
-    def _admission_blocked(self, batch: int) -> bool:
-        """Whether ``Scheduler._admit`` would admit nothing now and during decode steps of ``batch``."""
-        budget = self.cfg.max_batch_tokens - batch
-        if budget <= 0 or batch >= self.cfg.max_num_seqs:
-            return True
-        ready = self.scheduler.policy.order([s for s in self.scheduler.waiting if s.ready and s.error is None])
-        if not ready:
-            return True
-        head = ready[0]
-        if head.num_tokens > self.blocks.capacity_tokens:
-            return False  # schedule fails it: let it
-        cached = self.blocks.match(head)
-        start = len(cached) * self.blocks.block_size
-        fresh = self.blocks.blocks_for(start + min(head.num_tokens - start, budget)) - len(cached)
-        reusable = sum(1 for b in cached if self.blocks.ref[b] == 0)
-        # free - reusable only shrinks while decodes take blocks, and fresh only grows: stays blocked
-        return fresh > self.blocks.num_free - reusable
-
-    def _steps_blocks_allow(self, running: list[Sequence]) -> int:
-        """Most decode steps whose new blocks the free list covers (no preemption in between)."""
-        free, bs = self.blocks.num_free, self.blocks.block_size
-        lo, hi = 0, 1 << 20
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            need = sum(max(0, -(-(s.num_computed + mid) // bs) - len(s.block_table)) for s in running)
-            if need <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _step_ends(self, running: list[Sequence], steps: int, horizon: float) -> np.ndarray:
-        """End times of up to ``steps`` decode steps from now, keeping those that start before ``horizon``."""
-        batch, context = len(running), sum(seq.num_computed for seq in running)
-        now, ends = self.loop.now, []
-        for i in range(steps):
-            if now >= horizon:
-                break
-            work = self.costs.step_s([], batch, context + batch * i, self.tp)
-            self.busy_s += work
-            now += self.device.run(now, work)
-            ends.append(now)
-        self.loop.now = now
-        return np.asarray(ends)
-
-    def _grow_in_order(self, running: list[Sequence], steps: int) -> None:
-        """Allocate the blocks of ``steps`` decode steps in ``schedule``'s order: step by step, running order."""
-        bs = self.blocks.block_size
-        needs = []
-        for pos, seq in enumerate(running):
-            have = len(seq.block_table)
-            for b in range(have, -(-(seq.num_computed + steps) // bs)):
-                step = max(0, b * bs - seq.num_computed)  # the step whose reservation first needs block b
-                needs.append((step, pos, seq, b * bs + 1))
-        needs.sort(key=lambda n: (n[0], n[1]))
-        for _, _, seq, tokens in needs:
-            self.blocks.grow(seq, tokens)

@@ -129,12 +129,14 @@ class Simulation:
                         num_tokens=res.num_tokens, est_tokens=res.est_tokens, cache=res.cache, batch_id=res.batch_id,
                         batch_size=res.batch_size, batch_tokens=res.batch_tokens, error=res.error,
                         timestamps=dict(res.timestamps))  # fmt: skip
-        self.loop.at(self.loop.now + self.latency, self.frontend.on_item_done, done)
+        self.loop.advance(self.costs.send_s)
+        self.loop.at(self.loop.now + self.latency, self.frontend.receive, self.frontend.on_item_done, done)
         meta, tensors = (item.meta, item.tensors) if item is not None else (None, None)
         dst = self.ranks[msg.language_rank]
         if dst is rank:  # colocated: handed over in process
             rank.engine.add_item(msg.request_id, msg.index, meta, tensors, res.error, res.timestamps)
             return
+        self.loop.advance(self.costs.send_s)
         res.timestamps["transfer_start"] = self.loop.now
         nbytes = item_bytes(item) if item is not None else 0
         fixed, copy_s = self.costs.transfer_parts(nbytes, internode=dst.inst.node != rank.inst.node)
@@ -149,23 +151,31 @@ class Simulation:
         """An engine output: to the frontend; a decode instance's finished request leaves its ledger."""
         if out.finished and rank.inst.role == "decode":
             self.decode_policy.load.finish(rank.inst.leader, out.request_id)
-        self.loop.at(self.loop.now + self.latency, self.frontend.on_output, out)
+        self.loop.advance(self.costs.send_s)
+        self.loop.at(self.loop.now + self.latency, self.frontend.receive, self.frontend.on_output, out)
 
-    def tokens_out(self, rank: SimRank, seqs: list[Sequence], ends: np.ndarray) -> None:
-        """A run of decode steps: each sequence got a token at each step's end."""
-        times = (ends + self.latency).tolist()
-        self.loop.at(times[0], self._tokens_arrive, [seq.id for seq in seqs], times)
+    def tokens_out(self, rank: SimRank, run, steps: range) -> None:
+        """Steps of a run of decode steps: each sequence got a token at each step's end, sent in
+        running order (``send_s`` each), received ``latency`` later."""
+        ends = np.asarray(run.ends[steps.start : steps.stop])
+        ids = [seq.id for seq in run.seqs]
+        first = float(ends[0]) + self.costs.send_s + self.latency + self.costs.recv_s
+        self.loop.at(max(first, self.loop.event_time), self._tokens_arrive, ids, ends)
 
-    def _tokens_arrive(self, request_ids: list[str], times: list[float]) -> None:
-        for request_id in request_ids:
+    def _tokens_arrive(self, request_ids: list[str], ends: np.ndarray) -> None:
+        base = ends + self.latency + self.costs.recv_s
+        for pos, request_id in enumerate(request_ids):
             tracked = self.frontend.inflight.get(request_id)
             if tracked is not None:
-                self.frontend.add_token_times(tracked.record, times)
+                self.frontend.add_token_times(tracked.record, (base + (pos + 1) * self.costs.send_s).tolist())
 
     # ---- prefill → decode ----------------------------------------------------------------------------
 
     def hand_off(self, src: SimRank, seq: Sequence) -> None:
         """A prefill instance sampled ``seq``'s first token: pick a decode instance, send the KV cache."""
+        for leader in self.decode_policy.ranks:  # the decode instances' reports as of this event
+            self.ranks[leader].settle(self.loop.event_time)
+            self.report_free_blocks(self.ranks[leader])
         req = DecodeRequest(request_id=seq.id, num_tokens=seq.prompt_len, max_tokens=seq.request.sampling.max_tokens)
         dst = self.ranks[self.decode_policy.assign(req)]
         seq.timestamps["kv_transfer_start"] = self.loop.now
