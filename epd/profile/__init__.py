@@ -20,11 +20,14 @@ from epd.metrics.environment import environment_info
 from epd.models import detect_family, resolve_checkpoint, torch_dtype
 from epd.profile.config import ProfileOptions, ProfileRunConfig
 from epd.profile.schema import FORMAT, VERSION, check_profile
+from epd.profile.timing import use_statistic
 
 log = logging.getLogger("epd.profile")
 
 
 def hardware_info(device: torch.device, threads: int) -> dict:
+    from epd.profile.host import effective_cores
+
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         name, memory, count = props.name, props.total_memory, torch.cuda.device_count()
@@ -32,7 +35,7 @@ def hardware_info(device: torch.device, threads: int) -> dict:
         name, count = "cpu", 1
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"device": name, "device_count": count, "cpu_count": os.cpu_count() or 1, "threads": threads,
-            "memory_bytes": memory}  # fmt: skip
+            "memory_bytes": memory, **effective_cores()}  # fmt: skip
 
 
 def run_profile(cfg: ProfileRunConfig) -> dict:
@@ -48,6 +51,8 @@ def run_profile(cfg: ProfileRunConfig) -> dict:
     device = rank_device(run.device, run.topology, 0, 0)
     opts: ProfileOptions = cfg.profile.resolved("cpu" if device.type == "cpu" else "cuda")
     threads = opts.threads or max(1, (os.cpu_count() or 2) // 2)
+    statistic = opts.statistic if opts.statistic != "auto" else ("mean" if device.type == "cpu" else "median")
+    use_statistic(statistic)
     if device.type == "cpu":
         torch.set_num_threads(threads)
     ckpt = resolve_checkpoint(run.model)
@@ -101,7 +106,8 @@ def run_profile(cfg: ProfileRunConfig) -> dict:
             "config": to_dict(run.model),
         },
         "config": {"engine": to_dict(run.engine), "encoder": to_dict(run.encoder),
-                   "scheduler": to_dict(run.scheduler), "media": to_dict(run.media), "options": to_dict(opts)},
+                   "scheduler": to_dict(run.scheduler), "media": to_dict(run.media), "options": to_dict(opts),
+                   "statistic": statistic},
         "frontend": frontend,
         "encoder": {m: r.costs for m, r in media.items()},
         "language": language,

@@ -49,8 +49,11 @@ class ProfileOptions:
 
     quick: bool = False
     """A handful of small points (tests, smoke runs): well under a minute on CPU for a tiny model."""
-    repeats: int = 3
-    """Timed runs per point (the median is kept); one untimed run comes first."""
+    repeats: int = 5
+    """Timed runs per point; one untimed run comes first."""
+    statistic: str = "auto"
+    """What is kept of a point's runs: ``median``, ``mean``, or ``auto`` = the median on a GPU, the mean on
+    a CPU host (whose other tenants slow some runs; a real job meets those slowdowns in proportion)."""
     threads: int | None = None
     """CPU: torch threads while measuring (None: cores / 2, what each rank of a 2-rank CPU run gets)."""
     image_sizes: list[str] = field(default_factory=list)
@@ -82,6 +85,8 @@ class ProfileOptions:
     def __post_init__(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"profile.repeats={self.repeats}: set 1 or more")
+        if self.statistic not in ("auto", "median", "mean"):
+            raise ValueError(f"profile.statistic={self.statistic!r}: choose auto, median or mean")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"profile.threads={self.threads}: set 1 or more (or null)")
 

@@ -19,8 +19,8 @@ from epd.frontend.probe import MediaProbe
 from epd.media import MediaConfig
 from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.profile.config import ProfileOptions
-from epd.profile.fit import fit_linear, fit_nnls
-from epd.profile.timing import median_time
+from epd.profile.fit import fit_linear, fit_nnls, fit_piecewise
+from epd.profile.timing import typical_time
 from epd.protocol import EncodeItem
 from epd.scheduler.config import SchedulerConfig
 from epd.workload import parse_resolution
@@ -85,14 +85,14 @@ def measure_modality(
         msg = EncodeItem(request_id="profile", index=0, modality=modality, source=str(path), language_rank=0)
         ref = MediaRef(modality, str(path))
         fresh = lambda r=ref: MediaProbe(decoder.scheduler, True, image_processor).item("p", 0, r)  # noqa: E731
-        probe.append([size, median_time(fresh, cpu, opts.repeats)])
-        fetch.append([size, median_time(lambda m=msg: decoder.decode(m), cpu, opts.repeats)])
+        probe.append([size, typical_time(fresh, cpu, opts.repeats)])
+        fetch.append([size, typical_time(lambda m=msg: decoder.decode(m), cpu, opts.repeats)])
         raw = decoder.decode(msg)
-        prep.append([size, median_time(lambda r=raw: tower.preprocess(replace(r, features=None)), cpu, opts.repeats)])
+        prep.append([size, typical_time(lambda r=raw: tower.preprocess(replace(r, features=None)), cpu, opts.repeats)])
         inp = tower.preprocess(replace(raw, features=None))
         encoded = tower.encode([inp])[0]
         tokens = encoded.meta.num_embeds
-        seconds = median_time(lambda i=inp: tower.encode([i]), device, opts.repeats)
+        seconds = typical_time(lambda i=inp: tower.encode([i]), device, opts.repeats)
         tower_points.append({"tokens": [tokens], "s": seconds})
         processed.append(inp)
         shape = {name: list(t.shape) for name, t in encoded.tensors.items()}
@@ -101,7 +101,7 @@ def measure_modality(
     tokens = sample.meta.num_embeds
     for k in opts.batch_items:
         if k > 1:
-            seconds = median_time(lambda k=k: tower.encode([middle] * k), device, opts.repeats)
+            seconds = typical_time(lambda k=k: tower.encode([middle] * k), device, opts.repeats)
             tower_points.append({"tokens": [tokens] * k, "s": seconds})
     rows = [[1.0, len(p["tokens"]), sum(p["tokens"]), sum(t * t for t in p["tokens"])] for p in tower_points]
     costs = {
@@ -114,7 +114,13 @@ def measure_modality(
 
 
 def _linear(points: list[list[float]]) -> dict:
-    return {"points": points, "fit": fit_linear([p[0] for p in points], [p[1] for p in points])}
+    """Times of one size unit: straight lines between the measured sizes (a line through 0 for one)."""
+    fit = (
+        fit_piecewise([p[0] for p in points], [p[1] for p in points])
+        if len(points) > 1
+        else fit_linear([0.0, points[0][0]], [0.0, points[0][1]])
+    )
+    return {"points": points, "fit": fit}
 
 
 def measure_encoder(

@@ -9,7 +9,7 @@ import torch
 
 from epd.models import LanguageSide
 from epd.profile.fit import fit_linear
-from epd.profile.timing import median_time
+from epd.profile.timing import typical_time
 from epd.workload.text import make_prompt
 
 TEXT_TOKENS = (0, 32, 128, 512, 2048)
@@ -54,7 +54,7 @@ def measure_frontend(
         content = [{"type": modalities[0]}] + ([{"type": "text", "text": text}] if text else [])
         messages = [{"role": "user", "content": content}]
         length = len(tokenize(processor, messages))
-        seconds = median_time(lambda m=messages: tokenize(processor, m), torch.device("cpu"), repeats)
+        seconds = typical_time(lambda m=messages: tokenize(processor, m), torch.device("cpu"), repeats)
         points.append([length, seconds])
     return {
         "prompt": prompt_ids(processor, side, modalities),

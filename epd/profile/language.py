@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import statistics
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from epd.language.runner import CPU_KV_TOKENS
 from epd.models import EncodedItem, LanguageSide
 from epd.profile.config import ProfileOptions
 from epd.profile.fit import fit_linear, fit_piecewise, intercept, piecewise
-from epd.profile.timing import sync, timed
+from epd.profile.timing import sync, timed, typical
 from epd.protocol import ItemRef, NewRequest, SamplingParams
 
 _IDS = itertools.count()
@@ -68,7 +67,7 @@ class EngineProbe:
             self.add(prefix + self.ids(n), 1)
             times.append(self.step())
             self.drain()
-        return statistics.median(times[1:])
+        return typical(times[1:])
 
     def decode(self, batch: int, context: int, repeats: int, prefill_tokens: int = 0) -> float:
         """Median seconds of a decode step of ``batch`` sequences of ``context`` tokens (with a prefill
@@ -86,7 +85,7 @@ class EngineProbe:
         for rid in rids:
             self.engine.abort(rid)
         self.drain()
-        return statistics.median(times)
+        return typical(times)
 
 
 def measure_prepare(probe: EngineProbe, sample: EncodedItem, prompt: dict, repeats: int) -> dict:
@@ -111,7 +110,7 @@ def measure_prepare(probe: EngineProbe, sample: EncodedItem, prompt: dict, repea
             times.append(seconds)
             length = engine.seqs[rid].prompt_len
             engine.abort(rid)
-        points.append([length, statistics.median(times[1:])])
+        points.append([length, typical(times[1:])])
     return {"points": points, "fit": fit_linear([p[0] for p in points], [p[1] for p in points])}
 
 

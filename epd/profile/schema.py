@@ -4,7 +4,8 @@ Top-level keys (``FORMAT``, version ``VERSION``); times in seconds, sizes in byt
 measured quantity keeps its points next to the model fitted on them (``epd.profile.fit``):
 
     format, version, created
-    hardware    device ("cpu" or the GPU's name), device_count, cpu_count, threads, memory_bytes
+    hardware    device ("cpu" or the GPU's name), device_count, cpu_count, threads, memory_bytes,
+                effective_cores (what a shared host really gives: ``epd.profile.host``)
     software    python, torch, transformers, cuda, git_commit, git_dirty
     model       name, family, checkpoint, dtype, dtype_bytes, hidden_size, num_layers, num_heads,
                 num_kv_heads, head_dim, vocab_size, weight_bytes, embed_rows (1 + DeepStack layers),
@@ -12,8 +13,8 @@ measured quantity keeps its points next to the model fitted on them (``epd.profi
     config      engine, encoder, scheduler (the configs measured with), quick
     frontend    prompt: prefix_ids, suffix_ids, placeholder_ids[modality], pad_ids[modality];
                 tokenize_s: points [[prompt tokens, s]], fit linear; probe_s (per modality): sizing and
-                hashing one item (MediaProbe), points [[size, s]], fit linear
-    encoder     per modality: size_unit, fetch_s and preprocess_s (points [[size, s]], fit linear;
+                hashing one item (MediaProbe), points [[size, s]], fit piecewise
+    encoder     per modality: size_unit, fetch_s and preprocess_s (points [[size, s]], fit piecewise;
                 size = pixels of an image, seconds x pixels of a video, seconds of audio),
                 tower_s (points [{"tokens": [per item], "s"}], fit nnls over items, tokens,
                 tokens_sq = sum of squared per-item tokens, one = 1)

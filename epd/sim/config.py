@@ -47,8 +47,9 @@ class SimOptions:
     """Tensor-parallel all-reduce bus bandwidth, GB/s; None = the profile's ``parallel`` value."""
     allreduce_latency_us: float | None = None
     """Fixed cost of one all-reduce, µs; None = the profile's ``parallel`` value."""
-    cpu_cores: int | None = None
-    """CPU profiles: cores every rank, decode thread and the frontend share (None = the profile's count)."""
+    cpu_cores: float | None = None
+    """CPU profiles: cores every rank, decode thread and the frontend share (None = the profile's
+    ``cpu_count``; its times already carry what other tenants took while it was measured)."""
     host_cores: int | None = None
     """GPU profiles: host cores per node for media decoding and the frontend (None = the profile's count)."""
     tokenize: str = "auto"
