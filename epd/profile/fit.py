@@ -84,6 +84,23 @@ def piecewise(knots: Sequence[Sequence[float]], x: float) -> float:
     return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
+class Piecewise:
+    """``piecewise(knots, x)`` with the knots read once (the simulator evaluates it millions of times)."""
+
+    def __init__(self, knots: Sequence[Sequence[float]]) -> None:
+        self.knots = [list(k) for k in knots]
+        self.xs = [k[0] for k in knots]
+        self._cache: dict[float, float] = {}
+
+    def __call__(self, x: float) -> float:
+        y = self._cache.get(x)
+        if y is None:
+            y = piecewise(self.knots, x)
+            if len(self._cache) < 4096:
+                self._cache[x] = y
+        return y
+
+
 def intercept(knots: Sequence[Sequence[float]]) -> float:
     """The piecewise model's value at 0 (its first segment extended), >= 0."""
     return piecewise(knots, 0.0)

@@ -16,6 +16,7 @@ from epd.config import RunConfig, build_run_config, to_dict
 ROLE_COUNTS = ("colocated", "encoders", "language", "prefill", "decode")
 TOKENIZE_MODES = ("auto", "exact", "words")
 TOKEN_TIMES = ("all", "ends", "auto")
+RECORDS = ("all", "none", "auto")
 
 
 @dataclass(kw_only=True)
@@ -50,6 +51,9 @@ class SimOptions:
     cpu_cores: float | None = None
     """CPU profiles: cores every rank, decode thread and the frontend share (None = the profile's
     ``cpu_count``; its times already carry what other tenants took while it was measured)."""
+    shared_host: bool = True
+    """CPU profiles: every rank shares one host's cores (as a CPU run of ``epd.run`` does); false gives each
+    rank a device of its own, like a GPU (a cluster of the profiled hosts, one rank each)."""
     host_cores: int | None = None
     """GPU profiles: host cores per node for media decoding and the frontend (None = the profile's count)."""
     tokenize: str = "auto"
@@ -59,6 +63,9 @@ class SimOptions:
     token_times: str = "auto"
     """``all``: every output token's time in the records; ``ends``: the first and last only (TPOT
     exact, ITL not recorded: for millions of requests); ``auto``: ``ends`` above 20000 requests."""
+    records: str = "auto"
+    """Per-request records in results.json / requests.jsonl: ``all``, ``none`` (the summary alone, still
+    computed from every record), ``auto`` = all up to 100000 requests."""
     fast_forward: bool = True
     """Run stretches of identical decode steps (same batch, nothing arriving, no block shortage) as
     one event; the language scheduler would decide exactly the same (tests check the equality)."""
@@ -76,6 +83,8 @@ class SimOptions:
             raise ValueError("sim.tp and sim.gpus_per_node must be >= 1")
         if self.tokenize not in TOKENIZE_MODES:
             raise ValueError(f"sim.tokenize={self.tokenize!r}: choose one of {', '.join(TOKENIZE_MODES)}")
+        if self.records not in RECORDS:
+            raise ValueError(f"sim.records={self.records!r}: choose one of {', '.join(RECORDS)}")
         if self.token_times not in TOKEN_TIMES:
             raise ValueError(f"sim.token_times={self.token_times!r}: choose one of {', '.join(TOKEN_TIMES)}")
         for key in ("internode_gbps", "allreduce_gbps", "cpu_cores", "host_cores", "num_gpus"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from epd.profile.fit import evaluate, evaluate_features, intercept, piecewise
+from epd.profile.fit import Piecewise, evaluate, evaluate_features, intercept
 from epd.sim.config import SimOptions
 
 
@@ -42,6 +42,8 @@ class CostModel:
         self.block_size = int(lang["block_size"])
         self._prefill = lang["prefill_s"]["fit"]
         self._decode = lang["decode_s"]["fit"]
+        self._prefill_at = Piecewise(self._prefill["knots"])
+        self._decode_at = Piecewise(self._decode["knots"])
         self._decode0 = intercept(self._decode["knots"])
         self._tokenize = profile["frontend"]["tokenize_s"]["fit"]
         if backend not in profile["transfer"]:
@@ -139,10 +141,10 @@ class CostModel:
         num_prefill = 0
         if prefills:
             num_prefill = sum(n for n, _ in prefills)
-            t += piecewise(self._prefill["knots"], num_prefill)
+            t += self._prefill_at(num_prefill)
             t += self._prefill["attn_s"] * sum(n * (c + n / 2) for n, c in prefills)
         if decode_batch:
-            d = piecewise(self._decode["knots"], decode_batch)
+            d = self._decode_at(decode_batch)
             t += (d - self._decode0 if prefills else d) + self._decode["ctx_s"] * decode_context
         return self.tp_step(t, num_prefill + decode_batch, tp)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from epd.language.sequence import Sequence, Status
 from epd.sim.language import SimEngine
 
@@ -51,33 +53,36 @@ def plan(engine: SimEngine, now: float, poll_s: float, send_s: float, horizon: f
     """The run starting at ``now`` (the current turn polled already), or None when there is none worth it."""
     running = engine.scheduler.running
     cfg = engine.cfg
-    if not running or engine.kv_waiting or len(running) > cfg.max_batch_tokens:
+    if len(running) < 1 or engine.kv_waiting or len(running) > cfg.max_batch_tokens:
         return None
+    left = 1 << 30
     for seq in running:
-        if seq.status is not Status.RUNNING or not seq.ready or not seq.prefill_done:
+        if seq.status is not Status.RUNNING or seq.error is not None or not seq.prefill_done:
             return None
-    if any(seq.error is not None for seq in engine.seqs.values()) or not _admission_blocked(engine, len(running)):
+        left = min(left, seq.request.sampling.max_tokens - len(seq.output_ids))
+    if left < 3 or not _admission_blocked(engine, len(running)):
         return None
-    left = min(seq.request.sampling.max_tokens - len(seq.output_ids) for seq in running)
+    if engine._errored:  # noqa: SLF001 - a failure is due: step handles it
+        return None
     steps = min(left - 1, _steps_blocks_allow(engine, running))
     if steps < 2:
         return None
+    # step i's work is linear in i (its context grows by one token per sequence): times in closed form
     batch, context = len(running), sum(seq.num_computed for seq in running)
-    turns, ends, works = [], [], []
-    start = now
-    for i in range(steps):
-        turn = start - poll_s
-        if turn >= horizon:
-            break
-        work = engine.costs.step_s([], batch, context + batch * i, engine.tp)
-        turns.append(turn)
-        works.append(work)
-        ends.append(start + work)
-        start = ends[-1] + batch * send_s + poll_s
-    if len(ends) < 2:
+    w0 = engine.costs.step_s([], batch, context, engine.tp)
+    slope = engine.costs.step_s([], batch, context + batch, engine.tp) - w0
+    i = np.arange(steps, dtype=np.float64)
+    works = w0 + slope * i
+    gap = batch * send_s + poll_s  # after each step: its token messages, then the next turn's poll
+    starts = now + i * gap + np.concatenate(([0.0], np.cumsum(works[:-1])))
+    turns = starts - poll_s
+    keep = int(np.searchsorted(turns, horizon, side="left"))
+    if keep < 2:
         return None
+    ends = starts[:keep] + works[:keep]
     return DecodeRun(engine=engine, seqs=list(running), start_computed=[s.num_computed for s in running],
-                     turns=turns, ends=ends, works=works, next_turn=start - poll_s)  # fmt: skip
+                     turns=turns[:keep].tolist(), ends=ends.tolist(), works=works[:keep].tolist(),
+                     next_turn=float(ends[-1] + batch * send_s))  # fmt: skip
 
 
 def commit(run: DecodeRun, upto: int) -> range:
@@ -129,9 +134,17 @@ def _admission_blocked(engine: SimEngine, batch: int) -> bool:
 
 
 def _steps_blocks_allow(engine: SimEngine, running: list[Sequence]) -> int:
-    """Most decode steps whose new blocks the free list covers (no preemption within them)."""
+    """Most decode steps whose new blocks the free list covers (no preemption within them).
+
+    Step k (from 0) reserves ``c + k + 1`` tokens of a sequence with ``c`` computed, so the sequence
+    first needs a new block at step ``f = len(table) * bs - c`` and every ``bs`` steps after; with
+    every ``f`` within one period the n-th block of all is needed at step ``sorted(f)[n % B] + n // B * bs``.
+    """
     free, bs = engine.blocks.num_free, engine.blocks.block_size
-    lo, hi = 0, 1 << 20
+    firsts = sorted(len(s.block_table) * bs - s.num_computed for s in running)
+    if firsts[0] >= 0 and firsts[-1] - firsts[0] < bs:
+        return firsts[free % len(firsts)] + free // len(firsts) * bs
+    lo, hi = 0, 1 << 20  # tables of uneven slack: search
     while lo < hi:
         mid = (lo + hi + 1) // 2
         need = sum(max(0, -(-(s.num_computed + mid) // bs) - len(s.block_table)) for s in running)

@@ -14,7 +14,6 @@ batching and ``EmbeddingCache`` (both tiers, LRU, byte budgets). Two parts of it
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -120,6 +119,7 @@ class SimTower(TowerEncoder):
         self.hidden = int(model["hidden_size"])
         self.deepstack = int(model.get("embed_rows", 1)) - 1
         self._one = torch.zeros((1, 1), dtype=dtype)
+        self._views: dict[tuple[int, ...], torch.Tensor] = {}  # broadcast views by shape, made once
         self.calls = 0
 
     def _process(self, inp: MediaInput) -> Any:
@@ -142,10 +142,16 @@ class SimTower(TowerEncoder):
         kind = MODALITY_TYPE[item.modality]
         types = [kind if tok == pad else TEXT for tok in ids] if len(ids) != n else [kind] * n
         meta = SimItemMeta(modality=item.modality, token_ids=ids, token_types=types, info={}, embeds=n)
-        tensors = {"embeds": self._one.expand(n, self.hidden)}  # [n, H], one element of memory
+        tensors = {"embeds": self._view(n, self.hidden)}  # [n, H], one element of memory
         if self.deepstack and item.modality != "audio":
-            tensors["deepstack"] = self._one.expand(self.deepstack, n, self.hidden)  # [k, n, H]
+            tensors["deepstack"] = self._view(self.deepstack, n, self.hidden)  # [k, n, H]
         return EncodedItem(meta=meta, tensors=tensors)
+
+    def _view(self, *shape: int) -> torch.Tensor:
+        view = self._views.get(shape)
+        if view is None:
+            view = self._views[shape] = self._one.expand(*shape)
+        return view
 
 
 def build_encoder_role(
@@ -166,7 +172,3 @@ def build_encoder_role(
     pool = SimPool(loop, cfg.decode_threads, costs, items, host)
     role = EncoderRole(tower, media, cfg, scheduler, torch.device("cpu"), pool=pool)
     return role, pool
-
-
-def replace_meta(meta: ItemMeta, **changes: Any) -> ItemMeta:
-    return dataclasses.replace(meta, **changes)

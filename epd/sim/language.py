@@ -76,6 +76,7 @@ class SimEngine:
         self.seqs: dict[str, Sequence] = {}
         self._early_items: dict[str, list[tuple]] = {}
         self._failed: set[str] = set()
+        self._errored: dict[str, None] = {}  # requests with an error, not yet failed (only add_item sets one)
         self.handed_off: dict[str, Sequence] = {}  # prefill: first token out, KV on its way
         self.kv_waiting: deque[tuple[Sequence, Callable[[Sequence], None]]] = deque()  # decode: blocks short
         self.on_hand_off: Callable[[Sequence], None] | None = None  # prefill: where the KV cache goes
@@ -84,7 +85,7 @@ class SimEngine:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work or any(seq.error is not None for seq in self.seqs.values())
+        return bool(self._errored) or self.scheduler.has_work
 
     # ---- arrivals (LanguageEngine.add_request / add_item / abort) ------------------------------------
 
@@ -109,6 +110,7 @@ class SimEngine:
         seq.merge_item_timestamps(timestamps)
         if error is not None:
             seq.error = seq.error or f"media item {index}: {error}"
+            self._errored[request_id] = None
         elif meta is not None and tensors is not None:
             seq.items[index] = (meta, tensors)
         self._maybe_prepare(seq)
@@ -195,7 +197,8 @@ class SimEngine:
         self.loop.advance(self.device.run(self.loop.now, seconds))
 
     def _fail_errored(self) -> list[RequestOutput]:
-        failed = [seq for seq in self.seqs.values() if seq.error is not None]
+        failed = [self.seqs[rid] for rid in self._errored if rid in self.seqs]
+        self._errored.clear()
         return [self._failure(seq, seq.error) for seq in failed]
 
     def _failure(self, seq: Sequence, reason: str) -> RequestOutput:

@@ -9,6 +9,9 @@ from epd.metrics import build_logger, format_table, summarize_run
 from epd.metrics.summary import STAT_KEYS
 from epd.sim.config import SimRunConfig
 
+RECORDS_UP_TO = 100_000
+"""``sim.records=auto`` writes every record up to this many requests."""
+
 
 def summarize_sim(cfg: SimRunConfig, sim, records: list, facts: dict) -> dict:
     """``summarize_run`` over the records, plus ``simulated: true`` and ``sim`` (how it was simulated)."""
@@ -39,6 +42,7 @@ def summarize_sim(cfg: SimRunConfig, sim, records: list, facts: dict) -> dict:
         "num_instances": len(sim.topology.instances),
         "events": facts["events"],
         "wall_s": facts["wall_s"],
+        "cpu_s": facts["cpu_s"],
         "workload_build_s": facts["build_s"],
         "notes": notes,
     }
@@ -50,7 +54,12 @@ def write_results(cfg: SimRunConfig, sim, records: list, summary: dict) -> None:
     config = cfg.to_dict()
     config["topology"] = sim.topology.to_dict()
     config["model"] = sim.profile["model"].get("config", config["model"])
+    measured = [r for r in records if not r.warmup]
+    keep = cfg.sim.records
+    if keep == "none" or (keep == "auto" and len(measured) > RECORDS_UP_TO):
+        summary["sim"]["notes"].append(f"sim.records={keep}: {len(measured)} records summarised, not written")
+        measured = []
     with build_logger(cfg.run.logger, Path(cfg.run.run_dir)) as logger:
-        logger.log_run(config, summary, [r for r in records if not r.warmup])
+        logger.log_run(config, summary, measured)
     if not cfg.run.logger.quiet:
         print(format_table(summary), flush=True)

@@ -71,7 +71,7 @@ class Simulation:
         hw = self.profile["hardware"]
         self.on_cpu = hw["device"] == "cpu"
         opts = self.cfg.sim
-        if self.on_cpu:  # every rank, decode thread and the frontend share the host's cores
+        if self.on_cpu and opts.shared_host:  # every rank, decode thread and the frontend share the host's cores
             cpu = Device("cpu", float(opts.cpu_cores or hw.get("cpu_count", 1)))
             self.devices = {inst.leader: cpu for inst in self.topology.instances}
             self.hosts = {inst.node: cpu for inst in self.topology.instances}
@@ -220,7 +220,7 @@ class Simulation:
 
     def run(self) -> tuple[list[SimRecord], dict]:
         """Play the workload; return every record (warm-up ones flagged) and the run's facts."""
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         requests = self.requests()
         build_s = time.perf_counter() - wall
         n = sum(1 for r in requests if not r.req.warmup)
@@ -247,7 +247,7 @@ class Simulation:
             facts["end"] = self.loop.now if math.isfinite(self.horizon) else self.loop.now
             records += self.frontend.unfinished()
         facts.update(all_token_times=all_times, events=self.loop.events, wall_s=time.perf_counter() - wall,
-                     build_s=build_s)  # fmt: skip
+                     cpu_s=time.process_time() - cpu, build_s=build_s)  # fmt: skip
         return records, facts
 
 
