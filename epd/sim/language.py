@@ -261,8 +261,10 @@ class SimEngine:
         ``on_admit`` receives the KV cache into them (the caller times it)."""
         while self.kv_waiting:
             seq, on_admit = self.kv_waiting[0]
+            cached = seq.num_cached_prompt  # what the prefill side's prefix cache served (admit resets it)
             if not self.blocks.admit(seq, [], seq.prompt_len):
                 return
+            seq.num_cached_prompt = cached
             self.kv_waiting.popleft()
             seq.num_computed = seq.prompt_len  # the prompt's KV came over; the first token's is computed next
             seq.status = Status.RUNNING

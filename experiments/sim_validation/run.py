@@ -15,6 +15,10 @@
 
 Every run pins torch to one thread per rank (``OMP_NUM_THREADS=1``): two OpenMP threads spin against
 the other tenants of this 2-core machine (a tiny decode step went 0.4 → 40 ms), which is noise, not epd.
+
+On one GPU (the 7B shape, every rank sharing the GPU over shm; run by the lead on the device):
+
+    python experiments/sim_validation/run.py --gpu --out $OUT/sim_validation --topologies colocated,1e1p
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ TOPOLOGIES = {"colocated": [], "1e1p": ["+topology=1e1p"], "2e1p": ["+topology=2
 PD = ["sim.encoders=1", "sim.prefill=1", "sim.decode=1"]
 METRICS = {"ttft_mean": ("ttft_ms", "mean"), "ttft_p90": ("ttft_ms", "p90"), "tpot_mean": ("tpot_ms", "mean"),
            "throughput": ("request_throughput", None)}  # fmt: skip
+
+
+GPU = ["model=qwen2_5_vl", "model.random_init=true", "transfer=shm"]
+GPU_WORKLOAD = ["workload.num_requests=40", "workload.warmup_requests=3", "workload.image_count=2",
+                "workload.resolution=1080p", "workload.input_len=128", "workload.output_len=64"]  # fmt: skip
 
 
 def env() -> dict:
@@ -71,31 +80,37 @@ def main() -> None:
     p.add_argument("--max-wait-s", type=float, default=120.0, help="longest wait for them")
     p.add_argument("--noisy-below", type=float, default=1.5, help="runs with fewer free cores (before or after) "
                    "count as noise-dominated")  # fmt: skip
+    p.add_argument("--gpu", action="store_true", help="one GPU, the 7B shape with random weights, ranks sharing it")
     args = p.parse_args()
+    if args.gpu:  # a GPU host is not shared: no quiet gate; the sim puts every rank on the one GPU
+        args.quiet_cores, args.noisy_below = 0.0, 0.0
+        if args.rates == "4,10,20":
+            args.rates = "0.5,1,2"
     py = sys.executable
     rows, first = [], args.profile
     for topo in args.topologies.split(","):
-        profile = args.profile or take_profile(py, args.out / "profiles" / topo)
+        profile = args.profile or take_profile(py, args.out / "profiles" / topo, args.gpu)
         first = first or profile
         for rate in [float(r) for r in args.rates.split(",")]:
             real, sim, one, cores = [], [], [], []
             for rep in range(args.repeats):
                 tag = f"{topo}_r{rate:g}_{rep}"
-                over = [*TOPOLOGIES[topo], *WORKLOAD, f"workload.request_rate={rate}", f"workload.seed={rep}",
-                        "logger.quiet=true"]  # fmt: skip
+                over = [*TOPOLOGIES[topo], *(GPU + GPU_WORKLOAD if args.gpu else WORKLOAD),
+                        f"workload.request_rate={rate}", f"workload.seed={rep}", "logger.quiet=true"]  # fmt: skip
                 before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
-                run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", "device=cpu", *over],
+                run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
                     args.out / "real" / tag / "job.log")  # fmt: skip
                 cores.append(min(before, effective_cores()["effective_cores"]))
                 for kind, prof in (("sim", profile), ("sim_one_profile", first)):
-                    run([py, "-m", "epd.sim", f"hydra.run.dir={args.out / kind / tag}", f"profile={prof}", *over],
+                    run([py, "-m", "epd.sim", f"hydra.run.dir={args.out / kind / tag}", f"profile={prof}", *over,
+                         *(["sim.num_gpus=1"] if args.gpu else [])],
                         args.out / kind / tag / "job.log")  # fmt: skip
                 real.append(summary(args.out / "real" / tag))
                 sim.append(summary(args.out / "sim" / tag))
                 one.append(summary(args.out / "sim_one_profile" / tag))
                 print(f"{tag}: free cores {cores[-1]:.2f}  real {real[-1]}  sim {sim[-1]}", flush=True)
             rows.append(row(topo, rate, real, sim, one, cores, args.noisy_below))
-    pd_rows = simulate_pd(py, first, args)
+    pd_rows = simulate_pd(py, first, args) if not args.gpu else []
     write_tables(rows, pd_rows, args.out)
 
 
@@ -109,9 +124,16 @@ def wait_for_quiet(cores: float, max_wait_s: float) -> float:
         time.sleep(5)
 
 
-def take_profile(py: str, out: Path) -> Path:
-    wait_for_quiet(1.8, 300)
-    run([py, "-m", "epd.profile", f"hydra.run.dir={out}", "device=cpu", "profile.repeats=7"], out / "job.log")
+def device(args) -> str:
+    return "device=cuda" if args.gpu else "device=cpu"
+
+
+def take_profile(py: str, out: Path, gpu: bool = False) -> Path:
+    if gpu:
+        run([py, "-m", "epd.profile", f"hydra.run.dir={out}", "device=cuda", *GPU[:2]], out / "job.log")
+    else:
+        wait_for_quiet(1.8, 300)
+        run([py, "-m", "epd.profile", f"hydra.run.dir={out}", "device=cpu", "profile.repeats=7"], out / "job.log")
     return out / "profile.json"
 
 
