@@ -10,7 +10,9 @@ timestamped when it reaches the frontend, into the same ``RequestRecord``s.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,6 +29,8 @@ from epd.workload import ArrivalDriver
 
 if TYPE_CHECKING:
     from epd.sim.simulation import Simulation
+
+log = logging.getLogger("epd.sim")
 
 
 class SimRecord(RequestRecord, kw_only=True):
@@ -66,6 +70,8 @@ class SimFrontend:
         self._requests: dict[str, SimRequest] = {}
         self._goal = 0
         self._then: Callable[[], None] | None = None
+        self._log_every = 1000
+        self._wall = time.perf_counter()
         self._poll_gen = 0
 
     # ---- arrivals ------------------------------------------------------------------------------------
@@ -74,6 +80,8 @@ class SimFrontend:
         """Send ``requests`` on their schedule from now (``Frontend._play``); ``then()`` once all ended."""
         self._requests = {r.id: r for r in requests}
         self._goal = len(self.records) + len(requests)
+        self._log_every = max(1000, len(requests) // 20)
+        self._wall = time.perf_counter()
         self._then = then
         self.driver = ArrivalDriver([r.req for r in requests], start=self.loop.now,
                                     concurrency=self.sim.cfg.run.workload.concurrency)  # fmt: skip
@@ -196,6 +204,9 @@ class SimFrontend:
         self.language_load[tracked.language_rank] -= 1
         del self.inflight[msg.request_id]
         self.records.append(rec)
+        if len(self.records) % self._log_every == 0:
+            log.info("%d of %d requests done at %.1f simulated s (%.0f s of wall time)", len(self.records), self._goal,
+                     self.loop.now, time.perf_counter() - self._wall)  # fmt: skip
         if len(self.records) >= self._goal:
             self._then()
         else:
