@@ -52,8 +52,9 @@ class SimOptions:
     """CPU profiles: cores every rank, decode thread and the frontend share (None = the profile's
     ``cpu_count``; its times already carry what other tenants took while it was measured)."""
     shared_host: bool = True
-    """CPU profiles: every rank shares one host's cores (as a CPU run of ``epd.run`` does); false gives each
-    rank a device of its own, like a GPU (a cluster of the profiled hosts, one rank each)."""
+    """CPU profiles: every rank shares one host's cores (as a CPU run of ``epd.run`` does); false puts each
+    rank on a host of its own (a cluster of the profiled hosts, one rank each, its decode threads with it;
+    the frontend on another)."""
     host_cores: int | None = None
     """GPU profiles: host cores per node for media decoding and the frontend (None = the profile's count)."""
     tokenize: str = "auto"

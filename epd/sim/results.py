@@ -38,7 +38,7 @@ def summarize_sim(cfg: SimRunConfig, sim, records: list, facts: dict) -> dict:
         "profile_device": hw.get("device"),
         "profile_model": sim.profile["model"].get("name"),
         "topology": sim.topology.name,
-        "num_gpus": sim.topology.num_gpus if not sim.on_cpu else 0,
+        "num_gpus": 0 if sim.on_cpu and cfg.sim.shared_host else sim.topology.num_gpus,
         "num_instances": len(sim.topology.instances),
         "events": facts["events"],
         "wall_s": facts["wall_s"],

@@ -68,21 +68,30 @@ class Simulation:
     # ---- construction -------------------------------------------------------------------------------
 
     def _build_devices(self) -> None:
+        """Where each rank computes (``devices``) and where its decode threads run (``hosts``)."""
         hw = self.profile["hardware"]
         self.on_cpu = hw["device"] == "cpu"
         opts = self.cfg.sim
+        instances = self.topology.instances
+        cores = float(opts.cpu_cores or hw.get("cpu_count", 1)) if self.on_cpu else float(opts.host_cores or
+                                                                                           hw.get("cpu_count", 16))  # fmt: skip
         if self.on_cpu and opts.shared_host:  # every rank, decode thread and the frontend share the host's cores
-            cpu = Device("cpu", float(opts.cpu_cores or hw.get("cpu_count", 1)))
-            self.devices = {inst.leader: cpu for inst in self.topology.instances}
-            self.hosts = {inst.node: cpu for inst in self.topology.instances}
-        else:
+            cpu = Device("cpu", cores)
+            self.devices = dict.fromkeys((inst.leader for inst in instances), cpu)
+            self.hosts = dict.fromkeys((inst.leader for inst in instances), cpu)
+            self.host_of_frontend = cpu
+        elif self.on_cpu:  # a cluster of profiled hosts, a rank on each (its decode threads share its host)
+            self.devices = {inst.leader: Device(f"cpu{inst.leader}", cores) for inst in instances}
+            self.hosts = dict(self.devices)
+            self.host_of_frontend = Device("frontend", cores)
+        else:  # GPUs, and per node one host's cores for the decode threads and the frontend
             gpus: dict[int, Device] = {}
-            self.devices = {
-                inst.leader: gpus.setdefault(inst.gpu, Device(f"gpu{inst.gpu}")) for inst in self.topology.instances
+            nodes: dict[int, Device] = {}
+            self.devices = {inst.leader: gpus.setdefault(inst.gpu, Device(f"gpu{inst.gpu}")) for inst in instances}
+            self.hosts = {
+                inst.leader: nodes.setdefault(inst.node, Device(f"host{inst.node}", cores)) for inst in instances
             }
-            cores = float(opts.host_cores or hw.get("cpu_count", 16))
-            self.hosts = {inst.node: Device(f"host{inst.node}", cores) for inst in self.topology.instances}
-        self.host_of_frontend = self.hosts[0] if 0 in self.hosts else next(iter(self.hosts.values()))
+            self.host_of_frontend = nodes.setdefault(0, Device("host0", cores))
         sharing: dict[int, int] = {}
         for dev in self.devices.values():
             sharing[id(dev)] = sharing.get(id(dev), 0) + 1
@@ -95,7 +104,7 @@ class Simulation:
         if inst.encodes:
             rank.encoder, rank.pool = build_encoder_role(
                 self.loop, self.costs, run.encoder, run.media, run.scheduler, self.items, device,
-                self.hosts[inst.node], tuple(self.profile["model"]["modalities"]), prompt,
+                self.hosts[inst.leader], tuple(self.profile["model"]["modalities"]), prompt,
             )  # fmt: skip
         if inst.role != "encoder":
             capacity = self.costs.kv_capacity_tokens(inst.tp, run.engine.kv_tokens)

@@ -35,7 +35,7 @@ CONFIGS = {  # name -> instance counts for 8 language-side GPUs
     "16E + 4P + 4D": ["sim.encoders=16", "sim.prefill=4", "sim.decode=4"],
     "32E + 4P + 4D": ["sim.encoders=32", "sim.prefill=4", "sim.decode=4"],
 }
-RATES = {"cpu": [0.1, 0.3, 0.6, 1.2, 2.4, 4.8], "h200": [0.1, 0.3, 0.6, 1.2, 2.4]}  # per language-side GPU
+RATES = {"cpu": [0.1, 0.3, 0.6, 1.2, 2.4, 4.8, 9.6, 19.2], "h200": [0.1, 0.3, 0.6, 1.2, 2.4]}  # per language-side GPU
 
 
 def env() -> dict:
