@@ -65,7 +65,7 @@ def run_profile(cfg: ProfileRunConfig) -> dict:
     frontend = measure_frontend(processor, side, family.modalities, opts.quick, opts.repeats)
     tower = family.load_encoder(ckpt, run.model.random_init, device, dtype, run.model.tower_attention)
     with tempfile.TemporaryDirectory(prefix="epd-profile-") as tmp:
-        media = measure_encoder(tower, run.media, run.scheduler, opts, device, Path(tmp))
+        media = measure_encoder(tower, run.media, run.scheduler, opts, device, Path(tmp), run.encoder)
     del tower
     frontend["probe_s"] = {m: r.probe_s for m, r in media.items()}
     shapes = {m: r.shapes for m, r in media.items()}

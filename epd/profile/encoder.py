@@ -2,7 +2,9 @@
 
 Each item is a real file written here (a synthetic JPEG, mp4 or wav) and goes through the code an
 encoder runs: ``MediaDecoder.decode`` (fetch and decode), ``TowerEncoder.preprocess`` (the HF
-processor), ``TowerEncoder.encode`` (the towers, packed across items). Sizes: pixels of an image,
+processor), ``TowerEncoder.encode`` (the towers, packed across items). Fetch and processor times
+are those of the encoder's own decode threads, ``decode_threads`` items at a time
+(``epd.profile.pool``); the times of one item alone are kept beside them (``alone``). Sizes: pixels of an image,
 seconds x pixels of a video, seconds of audio (``epd.profile.schema``).
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from epd.encoder.config import EncoderConfig
 from epd.encoder.decode import MediaDecoder
 from epd.frontend.chat import MediaRef
 from epd.frontend.probe import MediaProbe
@@ -20,6 +23,7 @@ from epd.media import MediaConfig
 from epd.models import EncodedItem, MediaInput, TowerEncoder
 from epd.profile.config import ProfileOptions
 from epd.profile.fit import fit_linear, fit_nnls, fit_piecewise
+from epd.profile.pool import in_pool_times
 from epd.profile.timing import typical_time
 from epd.protocol import EncodeItem
 from epd.scheduler.config import SchedulerConfig
@@ -73,11 +77,12 @@ class ModalityResult:
 
 
 def measure_modality(
-    tower: TowerEncoder, decoder: MediaDecoder, modality: str, opts: ProfileOptions, device: torch.device, workdir: Path
-) -> ModalityResult:
+    tower: TowerEncoder, decoder: MediaDecoder, modality: str, opts: ProfileOptions, device: torch.device, workdir: Path,
+    encoder_cfg: EncoderConfig,
+) -> ModalityResult:  # fmt: skip
     """This modality's costs, the frontend's probe of its items and what its embeddings look like."""
     cpu = torch.device("cpu")
-    fetch, prep, probe, tower_points = [], [], [], []
+    fetch, prep, probe, tower_points, pool_fetch, pool_prep = [], [], [], [], [], []
     processed: list[MediaInput] = []
     shape: dict = {}
     image_processor = decoder.image_processor
@@ -89,6 +94,10 @@ def measure_modality(
         fetch.append([size, typical_time(lambda m=msg: decoder.decode(m), cpu, opts.repeats)])
         raw = decoder.decode(msg)
         prep.append([size, typical_time(lambda r=raw: tower.preprocess(replace(r, features=None)), cpu, opts.repeats)])
+        pooled = in_pool_times(tower, decoder.media, decoder.scheduler, encoder_cfg, modality, str(path),
+                               opts.repeats, device)  # fmt: skip
+        pool_fetch.append([size, pooled[0]])
+        pool_prep.append([size, pooled[1]])
         inp = tower.preprocess(replace(raw, features=None))
         encoded = tower.encode([inp])[0]
         tokens = encoded.meta.num_embeds
@@ -106,8 +115,10 @@ def measure_modality(
     rows = [[1.0, len(p["tokens"]), sum(p["tokens"]), sum(t * t for t in p["tokens"])] for p in tower_points]
     costs = {
         "size_unit": {"image": "pixels", "video": "seconds x pixels", "audio": "seconds"}[modality],
-        "fetch_s": _linear(fetch),
-        "preprocess_s": _linear(prep),
+        "decode_threads": encoder_cfg.decode_threads,
+        "fetch_s": _linear(pool_fetch),
+        "preprocess_s": _linear(pool_prep),
+        "alone": {"fetch_s": _linear(fetch), "preprocess_s": _linear(prep)},
         "tower_s": {"points": tower_points, "fit": fit_nnls(TOWER_FEATURES, rows, [p["s"] for p in tower_points])},
     }
     return ModalityResult(costs=costs, probe_s=_linear(probe), shapes=shape, sample=sample)
@@ -125,8 +136,9 @@ def _linear(points: list[list[float]]) -> dict:
 
 def measure_encoder(
     tower: TowerEncoder, media: MediaConfig, scheduler: SchedulerConfig, opts: ProfileOptions, device: torch.device,
-    workdir: Path,
+    workdir: Path, encoder_cfg: EncoderConfig | None = None,
 ) -> dict[str, ModalityResult]:  # fmt: skip
     """Per modality the tower takes: its costs, the frontend's probe, the embeddings' shapes, a sample item."""
     decoder = MediaDecoder(tower, media, scheduler)
-    return {m: measure_modality(tower, decoder, m, opts, device, workdir) for m in tower.modalities}
+    cfg = encoder_cfg or EncoderConfig()
+    return {m: measure_modality(tower, decoder, m, opts, device, workdir, cfg) for m in tower.modalities}

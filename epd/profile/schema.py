@@ -14,8 +14,10 @@ measured quantity keeps its points next to the model fitted on them (``epd.profi
     frontend    prompt: prefix_ids, suffix_ids, placeholder_ids[modality], pad_ids[modality];
                 tokenize_s: points [[prompt tokens, s]], fit linear; probe_s (per modality): sizing and
                 hashing one item (MediaProbe), points [[size, s]], fit piecewise
-    encoder     per modality: size_unit, fetch_s and preprocess_s (points [[size, s]], fit piecewise;
-                size = pixels of an image, seconds x pixels of a video, seconds of audio),
+    encoder     per modality: size_unit, decode_threads, fetch_s and preprocess_s (points [[size, s]], fit
+                piecewise; size = pixels of an image, seconds x pixels of a video, seconds of audio; as
+                the encoder's decode threads run them, decode_threads items at a time: epd.profile.pool;
+                ``alone``: the same, one item at a time),
                 tower_s (points [{"tokens": [per item], "s"}], fit nnls over items, tokens,
                 tokens_sq = sum of squared per-item tokens, one = 1)
     transfer    per backend: points [[bytes, s]], fit linear (a = fixed cost, b = s per byte)

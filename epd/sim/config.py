@@ -50,7 +50,8 @@ class SimOptions:
     """Fixed cost of one all-reduce, µs; None = the profile's ``parallel`` value."""
     cpu_cores: float | None = None
     """CPU profiles: cores every rank, decode thread and the frontend share (None = the profile's
-    ``cpu_count``; its times already carry what other tenants took while it was measured)."""
+    ``effective_cores``: what other tenants left free when it was taken). A profile's times are of one
+    thread, which a free core runs at full speed; epd's own threads then share the free cores."""
     shared_host: bool = True
     """CPU profiles: every rank shares one host's cores (as a CPU run of ``epd.run`` does); false puts each
     rank on a host of its own (a cluster of the profiled hosts, one rank each, its decode threads with it;

@@ -82,6 +82,8 @@ class SimEngine:
         self.on_hand_off: Callable[[Sequence], None] | None = None  # prefill: where the KV cache goes
         self.steps = 0
         self.busy_s = 0.0
+        self.stalled = False
+        """The last step found work it could not run (waiting for blocks that a message will free)."""
 
     @property
     def has_work(self) -> bool:
@@ -169,6 +171,9 @@ class SimEngine:
         outputs = self._fail_errored()
         batch = self.scheduler.schedule()
         outputs += [self._failure(seq, reason) for seq, reason in batch.failed]
+        # nothing to run and nothing failed: only a message (blocks released, an item) changes that; the
+        # real loop polls its inbox meanwhile, the rank waits for the next message
+        self.stalled = not batch and not outputs and not batch.preempted
         if not batch:
             return outputs
         for seq, _ in batch.prefills:

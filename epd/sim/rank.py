@@ -124,7 +124,7 @@ class SimRank:
 
     def _next_turn(self) -> None:
         now = self.loop.now
-        if self.inbox or (self.engine is not None and self.engine.has_work):
+        if self.inbox or (self.engine is not None and self.engine.has_work and not self.engine.stalled):
             self._schedule(now)
             return
         if self.encoder is None:

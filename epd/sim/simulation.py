@@ -73,8 +73,10 @@ class Simulation:
         self.on_cpu = hw["device"] == "cpu"
         opts = self.cfg.sim
         instances = self.topology.instances
-        cores = float(opts.cpu_cores or hw.get("cpu_count", 1)) if self.on_cpu else float(opts.host_cores or
-                                                                                           hw.get("cpu_count", 16))  # fmt: skip
+        if self.on_cpu:  # what other tenants left free when the profile was taken, unless told
+            cores = float(opts.cpu_cores or hw.get("effective_cores") or hw.get("cpu_count", 1))
+        else:
+            cores = float(opts.host_cores or hw.get("cpu_count", 16))
         if self.on_cpu and opts.shared_host:  # every rank, decode thread and the frontend share the host's cores
             cpu = Device("cpu", cores)
             self.devices = dict.fromkeys((inst.leader for inst in instances), cpu)

@@ -6,8 +6,9 @@
 1. Per topology (colocated, 1e1p, 2e1p): a profile right before its runs (this machine's other
    tenants come and go: a profile is only good for the load it was taken under); per rate x repeat,
    ``python -m epd.run`` for real, then ``python -m epd.sim`` on the same overrides, from that
-   profile and from the first one (the error of one profile for everything). The cores the host had
-   free before each run are recorded (``epd.profile.host.effective_cores``).
+   profile and from the first one (the error of one profile for everything), told the cores the
+   host had free just before the real run (``epd.profile.host.effective_cores``; ``sim.cpu_cores``):
+   a profile's points are single-threaded, and epd's threads share what the other tenants leave.
 2. ``table.md`` / ``table.csv``: per topology and rate, the real mean over repeats (min-max) against the
    simulated one, and the relative error of mean and p90 TTFT, mean TPOT and throughput; the ranking
    of topologies per rate. A prefill/decode split is simulated only (``epd.run`` has no prefill/decode
@@ -43,7 +44,7 @@ WORKLOAD = ["workload.num_requests=40", "workload.warmup_requests=3", "workload.
 TOPOLOGIES = {"colocated": [], "1e1p": ["+topology=1e1p"], "2e1p": ["+topology=2e1p"]}
 PD = ["sim.encoders=1", "sim.prefill=1", "sim.decode=1"]
 METRICS = {"ttft_mean": ("ttft_ms", "mean"), "ttft_p90": ("ttft_ms", "p90"), "tpot_mean": ("tpot_ms", "mean"),
-           "throughput": ("request_throughput", None)}  # fmt: skip
+           "itl_p50": ("itl_ms", "p50"), "throughput": ("request_throughput", None)}  # fmt: skip
 
 
 GPU = ["model=qwen2_5_vl", "model.random_init=true", "transfer=shm"]
@@ -63,6 +64,12 @@ def run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def record_cores(out: Path, tag: str, free: float) -> None:
+    path = out / "cores.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**known, tag: free}, indent=1))
+
+
 def summary(run_dir: Path) -> dict:
     s = json.loads((run_dir / "results.json").read_text())["summary"]
     return {name: (s[key][stat] if stat else s[key]) for name, (key, stat) in METRICS.items()}
@@ -76,12 +83,15 @@ def main() -> None:
     p.add_argument("--rates", default="4,10,20")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
-    p.add_argument("--quiet-cores", type=float, default=1.7, help="wait for this many free cores before a run")
+    p.add_argument("--quiet-cores", type=float, default=0.0, help="wait for this many free cores before a run")
     p.add_argument("--max-wait-s", type=float, default=120.0, help="longest wait for them")
-    p.add_argument("--noisy-below", type=float, default=1.5, help="runs with fewer free cores (before or after) "
+    p.add_argument("--noisy-below", type=float, default=0.8, help="runs with fewer free cores (before or after) "
                    "count as noise-dominated")  # fmt: skip
     p.add_argument("--gpu", action="store_true", help="one GPU, the 7B shape with random weights, ranks sharing it")
+    p.add_argument("--table-only", action="store_true", help="rebuild the tables from the runs under --out")
     args = p.parse_args()
+    if args.table_only:
+        return rebuild(args)
     if args.gpu:  # a GPU host is not shared: no quiet gate; the sim puts every rank on the one GPU
         args.quiet_cores, args.noisy_below = 0.0, 0.0
         if args.rates == "4,10,20":
@@ -98,12 +108,14 @@ def main() -> None:
                 over = [*TOPOLOGIES[topo], *(GPU + GPU_WORKLOAD if args.gpu else WORKLOAD),
                         f"workload.request_rate={rate}", f"workload.seed={rep}", "logger.quiet=true"]  # fmt: skip
                 before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
+                told = [] if args.gpu else [f"sim.cpu_cores={before:.3f}"]
                 run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
                     args.out / "real" / tag / "job.log")  # fmt: skip
                 cores.append(min(before, effective_cores()["effective_cores"]))
+                record_cores(args.out, tag, cores[-1])
                 for kind, prof in (("sim", profile), ("sim_one_profile", first)):
                     run([py, "-m", "epd.sim", f"hydra.run.dir={args.out / kind / tag}", f"profile={prof}", *over,
-                         *(["sim.num_gpus=1"] if args.gpu else [])],
+                         *(["sim.num_gpus=1"] if args.gpu else told)],
                         args.out / kind / tag / "job.log")  # fmt: skip
                 real.append(summary(args.out / "real" / tag))
                 sim.append(summary(args.out / "sim" / tag))
@@ -111,6 +123,24 @@ def main() -> None:
                 print(f"{tag}: free cores {cores[-1]:.2f}  real {real[-1]}  sim {sim[-1]}", flush=True)
             rows.append(row(topo, rate, real, sim, one, cores, args.noisy_below))
     pd_rows = simulate_pd(py, first, args) if not args.gpu else []
+    write_tables(rows, pd_rows, args.out)
+
+
+def rebuild(args) -> None:
+    """The tables again, from the runs already under ``args.out`` (their free cores from ``cores.json``)."""
+    cores = json.loads((args.out / "cores.json").read_text())
+    rows = []
+    for topo in args.topologies.split(","):
+        for rate in [float(r) for r in args.rates.split(",")]:
+            tags = [f"{topo}_r{rate:g}_{rep}" for rep in range(args.repeats)]
+            tags = [t for t in tags if (args.out / "real" / t / "results.json").is_file()]
+            if tags:
+                real, sim, one = (
+                    [summary(args.out / kind / t) for t in tags] for kind in ("real", "sim", "sim_one_profile")
+                )
+                rows.append(row(topo, rate, real, sim, one, [cores[t] for t in tags], args.noisy_below))
+    pd_rows = [{"topology": "1e1p1d (sim only)", "rate": float(r), **summary(args.out / "sim" / f"1e1p1d_r{r}")}
+               for r in args.rates.split(",") if (args.out / "sim" / f"1e1p1d_r{r}" / "results.json").is_file()]  # fmt: skip
     write_tables(rows, pd_rows, args.out)
 
 
@@ -144,12 +174,12 @@ def row(topo: str, rate: float, real: list[dict], sim: list[dict], one: list[dic
     real, sim, one = [real[i] for i in quiet], [sim[i] for i in quiet], [one[i] for i in quiet]
     out = {"topology": topo, "rate": rate, "repeats": len(cores), "quiet_repeats": len(quiet),
            "noisy": all(c < noisy_below for c in cores), "free_cores": min(cores)}  # fmt: skip
-    for name in METRICS:
+    for name in METRICS:  # medians over repeats: one repeat hit by another tenant does not move them
         r = [x[name] for x in real]
-        s = statistics.mean(x[name] for x in sim)
-        out |= {f"real_{name}": statistics.mean(r), f"real_{name}_min": min(r), f"real_{name}_max": max(r),
-                f"sim_{name}": s, f"err_{name}": s / statistics.mean(r) - 1}  # fmt: skip
-    out["err_ttft_mean_one_profile"] = statistics.mean(x["ttft_mean"] for x in one) / out["real_ttft_mean"] - 1
+        s = statistics.median(x[name] for x in sim)
+        out |= {f"real_{name}": statistics.median(r), f"real_{name}_min": min(r), f"real_{name}_max": max(r),
+                f"sim_{name}": s, f"err_{name}": s / statistics.median(r) - 1}  # fmt: skip
+    out["err_ttft_mean_one_profile"] = statistics.median(x["ttft_mean"] for x in one) / out["real_ttft_mean"] - 1
     return out
 
 
@@ -173,8 +203,8 @@ def write_tables(rows: list[dict], pd_rows: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| topology | req/s | quiet runs (least free cores) | mean TTFT real (min-max) / sim, err | p90 TTFT real / sim, err "
-             "| mean TPOT real (min-max) / sim, err | throughput real / sim, err | mean TTFT err, one profile |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| mean TPOT real (min-max) / sim, err | median ITL real / sim, err | throughput real / sim, err "
+             "| mean TTFT err, one profile |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['topology']} | {r['rate']:g} | {r['quiet_repeats']}/{r['repeats']} ({r['free_cores']:.2f})"
@@ -184,6 +214,7 @@ def write_tables(rows: list[dict], pd_rows: list[dict], out: Path) -> None:
             f"| {r['real_ttft_p90']:.1f} / {r['sim_ttft_p90']:.1f} ms, {r['err_ttft_p90']:+.0%} "
             f"| {r['real_tpot_mean']:.3f} ({r['real_tpot_mean_min']:.3f}-{r['real_tpot_mean_max']:.3f}) / "
             f"{r['sim_tpot_mean']:.3f} ms, {r['err_tpot_mean']:+.0%} "
+            f"| {r['real_itl_p50']:.3f} / {r['sim_itl_p50']:.3f} ms, {r['err_itl_p50']:+.0%} "
             f"| {r['real_throughput']:.2f} / {r['sim_throughput']:.2f} req/s, {r['err_throughput']:+.0%} "
             f"| {r['err_ttft_mean_one_profile']:+.0%} |"
         )

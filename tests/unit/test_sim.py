@@ -150,3 +150,15 @@ def test_fast_forward_gives_the_same_records_as_step_by_step(tmp_path, topology)
         assert a["id"] == b["id"] and a["num_preemptions"] == b["num_preemptions"]
         assert a["token_times"] == pytest.approx(b["token_times"], abs=1e-9)
     assert sum(r["num_preemptions"] for r in slow_rows) > 0, "the case was meant to preempt"
+
+
+@pytest.mark.timeout(120)
+def test_a_prefill_instance_out_of_blocks_waits_for_the_decode_side(tmp_path):
+    """Prefill blocks stay held until the KV cache reaches a decode instance: with a small cache the
+    prefill instance has waiting work it cannot run, and must wait for those releases (not spin)."""
+    summary, rows = run_sim(tmp_path, gpu_profile(),
+                            **{"workload.num_requests": 30, "workload.image_count": 0, "workload.input_len": 400,
+                               "workload.output_len": 32, "engine.kv_tokens": 1024, "sim.encoders": 1,
+                               "sim.prefill": 1, "sim.decode": 2, "scheduler.decode_policy": "least_loaded"})  # fmt: skip
+    assert summary["num_completed"] == 30
+    assert all(len(r["token_times"]) == 32 for r in rows)
