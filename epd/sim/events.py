@@ -56,32 +56,36 @@ class EventLoop:
 class Device:
     """A GPU, or a host's CPU cores, that several simulated workers may share.
 
-    Work that starts while ``k`` pieces of work (this one included) run on a device of
-    ``capacity`` takes ``max(1, k / capacity)`` times its profiled time: an even share, fixed when
-    the work starts (later arrivals do not stretch it).
+    Work of ``w`` profiled seconds that starts at ``now`` on a device of ``capacity`` takes
+    ``max(w, (w + o) / capacity)``, where ``o`` is how much of the work already booked on the device
+    falls within ``[now, now + w]``: the device shares its time among what runs at once (a long piece
+    that overlaps a short one is barely slowed, two equal ones on one GPU take twice as long). Work
+    booked later does not stretch what started before it.
     """
 
     def __init__(self, name: str, capacity: float = 1.0) -> None:
         self.name = name
         self.capacity = capacity
-        self._ends: list[float] = []
+        self._booked: list[tuple[float, float]] = []  # (end, start) of work not yet over (a heap)
         self.busy_s = 0.0
 
     def run(self, now: float, work_s: float) -> float:
         """Duration of ``work_s`` seconds of profiled work starting at ``now`` (and book it)."""
         if work_s <= 0:
             return 0.0
-        ends = self._ends
-        while ends and ends[0] <= now:
-            heapq.heappop(ends)
-        duration = work_s * max(1.0, (len(ends) + 1) / self.capacity)
-        heapq.heappush(ends, now + duration)
+        booked = self._booked
+        while booked and booked[0][0] <= now:
+            heapq.heappop(booked)
+        until = now + work_s
+        overlap = sum(max(0.0, min(end, until) - max(start, now)) for end, start in booked)
+        duration = max(work_s, (work_s + overlap) / self.capacity)
+        heapq.heappush(booked, (now + duration, now))
         self.busy_s += work_s
         return duration
 
     def shared_at(self, now: float) -> bool:
         """Whether other work is running on the device at ``now``."""
-        ends = self._ends
-        while ends and ends[0] <= now:
-            heapq.heappop(ends)
-        return bool(ends)
+        booked = self._booked
+        while booked and booked[0][0] <= now:
+            heapq.heappop(booked)
+        return bool(booked)

@@ -6,9 +6,9 @@
 1. Per topology (colocated, 1e1p, 2e1p): a profile right before its runs (this machine's other
    tenants come and go: a profile is only good for the load it was taken under); per rate x repeat,
    ``python -m epd.run`` for real, then ``python -m epd.sim`` on the same overrides, from that
-   profile and from the first one (the error of one profile for everything), told the cores the
-   host had free just before the real run (``epd.profile.host.effective_cores``; ``sim.cpu_cores``):
-   a profile's points are single-threaded, and epd's threads share what the other tenants leave.
+   profile and from the first one (the error of one profile for everything). A CPU profile carries
+   the cores other tenants left free when it was taken (``hardware.effective_cores``), which the
+   simulated ranks share; the free cores before and after each real run are recorded.
 2. ``table.md`` / ``table.csv``: per topology and rate, the real mean over repeats (min-max) against the
    simulated one, and the relative error of mean and p90 TTFT, mean TPOT and throughput; the ranking
    of topologies per rate. A prefill/decode split is simulated only (``epd.run`` has no prefill/decode
@@ -108,14 +108,13 @@ def main() -> None:
                 over = [*TOPOLOGIES[topo], *(GPU + GPU_WORKLOAD if args.gpu else WORKLOAD),
                         f"workload.request_rate={rate}", f"workload.seed={rep}", "logger.quiet=true"]  # fmt: skip
                 before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
-                told = [] if args.gpu else [f"sim.cpu_cores={before:.3f}"]
                 run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
                     args.out / "real" / tag / "job.log")  # fmt: skip
                 cores.append(min(before, effective_cores()["effective_cores"]))
                 record_cores(args.out, tag, cores[-1])
                 for kind, prof in (("sim", profile), ("sim_one_profile", first)):
                     run([py, "-m", "epd.sim", f"hydra.run.dir={args.out / kind / tag}", f"profile={prof}", *over,
-                         *(["sim.num_gpus=1"] if args.gpu else told)],
+                         *(["sim.num_gpus=1"] if args.gpu else [])],
                         args.out / kind / tag / "job.log")  # fmt: skip
                 real.append(summary(args.out / "real" / tag))
                 sim.append(summary(args.out / "sim" / tag))
