@@ -20,7 +20,7 @@ class Ready(Generic[T]):
     payload: T
     num_tokens: int
     ready_at: float
-    """When its decode finished (seconds, ``time.time()``)."""
+    """When its decode finished (seconds, ``epd.clock.now()``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

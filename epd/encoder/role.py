@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from epd import clock
 from epd.encoder.batcher import BatchRule, Ready
 from epd.encoder.cache import EmbeddingCache, shared_copy
 from epd.encoder.config import EncoderConfig
@@ -73,7 +73,9 @@ class EncoderRole:
         cfg: EncoderConfig | None = None,
         scheduler: SchedulerConfig | None = None,
         device: torch.device | None = None,
+        pool: Executor | None = None,
     ) -> None:
+        """``pool`` runs the decodes (default: ``encoder.decode_threads`` threads); the simulator passes its own."""
         self.encoder = encoder
         self.media = media
         self.cfg = cfg or EncoderConfig()
@@ -88,7 +90,7 @@ class EncoderRole:
             self.cfg.cache_device_bytes, self.cfg.cache_host_bytes, device or torch.device("cpu")
         )
         self._params = _processing_params(media)
-        self._pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="epd-decode")
+        self._pool = pool or ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="epd-decode")
         self._decoding: list[_Decoding] = []
         self._ready: list[Ready[_Decoding]] = []
         self._finished: list[EncodeResult] = []
@@ -120,7 +122,7 @@ class EncoderRole:
         if self._finished:
             return 0.0
         launch = self.rule.launch_at(self._ready)
-        wait = None if launch is None else max(0.0, launch - time.time())
+        wait = None if launch is None else max(0.0, launch - clock.now())
         if self._decoding:
             wait = MAX_IDLE_POLL_S if wait is None else min(wait, MAX_IDLE_POLL_S)
         return wait
@@ -142,7 +144,7 @@ class EncoderRole:
     def add(self, msg: EncodeItem) -> None:
         if msg.request_id in self._aborted:
             return
-        res = EncodeResult(msg=msg, timestamps={"encode_queue_start": time.time()})
+        res = EncodeResult(msg=msg, timestamps={"encode_queue_start": clock.now()})
         key = self._key(msg)
         if key is not None:
             hit = self.cache.get(key)
@@ -162,7 +164,7 @@ class EncoderRole:
     def step(self) -> list[EncodeResult]:
         """Collect decoded items, run at most one tower call, return every item finished since last time."""
         self._collect_decoded()
-        batch = self.rule.take(self._ready, time.time())
+        batch = self.rule.take(self._ready, clock.now())
         if batch:
             self._run([r.payload for r in batch])
         done, self._finished = self._finished, []
@@ -179,14 +181,14 @@ class EncoderRole:
     def _decode(self, msg: EncodeItem) -> tuple[MediaInput, int, dict[str, float]]:
         """On a decode thread: fetch and decode the item, then run the family's processor on it, so
         neither holds up the tower calls of the rank's loop."""
-        start = time.time()
+        start = clock.now()
         inp = self.decoder.decode(msg)
-        fetched = time.time()
+        fetched = clock.now()
         try:
             self.encoder.preprocess(inp)
         except Exception as exc:  # the processor refused this item: fail it alone
             raise MediaError(f"the {msg.modality} could not be processed: {type(exc).__name__}: {exc}") from exc
-        stamps = {"fetch_start": start, "fetch_end": fetched, "preprocess_end": time.time()}
+        stamps = {"fetch_start": start, "fetch_end": fetched, "preprocess_end": clock.now()}
         return inp, self.decoder.num_tokens(inp), stamps
 
     def _collect_decoded(self) -> None:
@@ -229,7 +231,7 @@ class EncoderRole:
             return
         if item is not None:
             self.cache.put(dec.key, item)
-        now = time.time()
+        now = clock.now()
         for follower in self._followers.pop(dec.key, []):
             follower.error = dec.result.error
             if item is not None:
@@ -239,7 +241,7 @@ class EncoderRole:
             self._finished.append(follower)
 
     def _encode(self, results: list[EncodeResult], inputs: list[MediaInput]) -> None:
-        start = time.time()
+        start = clock.now()
         try:
             encoded = self.encoder.encode(inputs)
         except Exception as exc:  # a bad item must not take the encoder or its batch-mates down
@@ -249,7 +251,7 @@ class EncoderRole:
             for res, inp in zip(results, inputs, strict=True):
                 self._encode([res], [inp])
             return
-        end = time.time()
+        end = clock.now()
         self.busy_s += end - start
         for res, item in zip(results, encoded, strict=True):
             res.item = item

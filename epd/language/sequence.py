@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from epd import clock
 from epd.models import ItemMeta
 from epd.protocol import NewRequest
 
@@ -90,7 +90,7 @@ class Sequence:
         return self.num_computed >= self.num_tokens - 1 and bool(self.output_ids) and self.num_computed > 0
 
     def stamp(self, stage: str) -> None:
-        self.timestamps[stage] = time.time()
+        self.timestamps[stage] = clock.now()
 
     def merge_item_timestamps(self, item_ts: dict[str, float]) -> None:
         """Per request, the encoder stages span from the first item's start to the last item's end."""

@@ -363,17 +363,25 @@ def register_workload(name: str, builder: str | WorkloadBuilder) -> None:
     _WORKLOADS[name] = builder
 
 
-def build_workload(cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None) -> list[WorkloadRequest]:
+def build_workload(
+    cfg: WorkloadConfig, media_dir: Path, tokenizer: Any = None, write_media: bool = True
+) -> list[WorkloadRequest]:
     """Build every request of a run: warmup requests first, then measured ones in arrival order.
 
     Generated media are written into `media_dir` (created if missing). `tokenizer` (a
     `transformers` tokenizer or a `tokenizers.Tokenizer`) makes text lengths exact.
+    `write_media=False` writes nothing: synthetic media parts keep their would-be paths and carry
+    their size as hints beside the url (width, height, seconds), which is all the simulator needs.
     """
+    from epd.workload.media import sizes_only
+
     builder = _WORKLOADS[cfg.name]
     if isinstance(builder, str):
         module_name, _, attr = builder.partition(":")
         builder = getattr(importlib.import_module(module_name), attr)
         _WORKLOADS[cfg.name] = builder
     media_dir = Path(media_dir)
-    media_dir.mkdir(parents=True, exist_ok=True)
-    return builder(cfg, media_dir, tokenizer)
+    if write_media:
+        media_dir.mkdir(parents=True, exist_ok=True)
+    with sizes_only(not write_media):
+        return builder(cfg, media_dir, tokenizer)

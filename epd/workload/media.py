@@ -9,8 +9,10 @@ a media directory reuse files instead of rewriting them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +24,23 @@ JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest level: PNG of noisy content is otherwise ~10x slower
 GRID_COLUMNS = 16  # colour blocks across the image; rows follow the aspect ratio
 NOISE_LEVELS = 64  # grain amplitude, so JPEG sizes are photo-like (~0.35 byte/pixel), not flat
+
+_SIZES_ONLY: ContextVar[bool] = ContextVar("epd_workload_sizes_only", default=False)
+
+
+@contextmanager
+def sizes_only(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, synthetic generators write no media and give each part its size hints instead."""
+    token = _SIZES_ONLY.set(enabled)
+    try:
+        yield
+    finally:
+        _SIZES_ONLY.reset(token)
+
+
+def size_hints_only() -> bool:
+    """Whether the generator runs under `sizes_only()` (no files, size hints)."""
+    return _SIZES_ONLY.get()
 
 
 @dataclass(frozen=True)
@@ -87,9 +106,23 @@ def synth_seed(*keys: int) -> int:
     return int(np.random.default_rng(list(keys)).integers(2**31))
 
 
-def media_part(spec: MediaSpec) -> dict[str, Any]:
-    """The OpenAI content part that references `spec`'s file, e.g. {"type": "video_url", ...}."""
-    return {"type": spec.part_type, spec.part_type: {"url": str(spec.path)}}
+def media_part(spec: MediaSpec, size_hints: bool = False) -> dict[str, Any]:
+    """The OpenAI content part that references `spec`'s file, e.g. {"type": "video_url", ...};
+    with `size_hints` its size rides beside the url (`epd.frontend.chat.HINT_KEYS`: width, height,
+    seconds), for consumers that never open the file (the simulator)."""
+    ref: dict[str, Any] = {"url": str(spec.path)}
+    if size_hints:
+        ref |= size_of(spec)
+    return {"type": spec.part_type, spec.part_type: ref}
+
+
+def size_of(spec: MediaSpec) -> dict[str, float]:
+    """The size hints of `spec`: width and height of images and videos, seconds of videos and audio."""
+    if isinstance(spec, ImageSpec):
+        return {"width": spec.width, "height": spec.height}
+    if isinstance(spec, VideoSpec):
+        return {"width": spec.width, "height": spec.height, "seconds": spec.seconds}
+    return {"seconds": spec.seconds}
 
 
 def write_image(spec: ImageSpec) -> Path:

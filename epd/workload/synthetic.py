@@ -15,7 +15,7 @@ from typing import Any
 
 from epd.workload.arrivals import COUNT_STREAM, PROMPT_STREAM, assign_arrivals, seeded_rng
 from epd.workload.base import WorkloadConfig, WorkloadRequest
-from epd.workload.media import MediaSpec, media_part, write_media
+from epd.workload.media import MediaSpec, media_part, size_hints_only, write_media
 from epd.workload.text import make_prompt
 
 MEASURED, WARMUP, POOL = 0, 1, 2  # seed keys telling measured, warmup and pooled media apart
@@ -26,25 +26,33 @@ SpecsOf = Callable[[int, int], list[MediaSpec]]
 
 def build_synthetic(cfg: WorkloadConfig, tokenizer: Any, specs_of: SpecsOf) -> list[WorkloadRequest]:
     """`warmup_requests` warmup requests, then the measured ones (`num_requests`, or the counts of
-    every phase), with their media files written and their arrival times and phases set."""
+    every phase), with their media files written and their arrival times and phases set. Under
+    `size_hints_only()` no file is written and each media part carries its size instead."""
+    hints_only = size_hints_only()
     requests: list[WorkloadRequest] = []
     specs: list[MediaSpec] = []
     for kind, count in ((WARMUP, cfg.warmup_requests), (MEASURED, cfg.total_requests)):
         for index in range(count):
             media = specs_of(kind, index)
             specs += media
-            requests.append(make_request(cfg, kind, index, media, tokenizer))
-    write_media(specs)
+            requests.append(make_request(cfg, kind, index, media, tokenizer, size_hints=hints_only))
+    if not hints_only:
+        write_media(specs)
     return assign_arrivals(requests, cfg)
 
 
 def make_request(
-    cfg: WorkloadConfig, kind: int, index: int, media: list[MediaSpec], tokenizer: Any = None
+    cfg: WorkloadConfig,
+    kind: int,
+    index: int,
+    media: list[MediaSpec],
+    tokenizer: Any = None,
+    size_hints: bool = False,
 ) -> WorkloadRequest:
     """One user turn: a part per media file, then a text part of ~`input_len` tokens (if > 0)."""
     rng = seeded_rng(cfg.seed, PROMPT_STREAM, kind, index)
     text = make_prompt(rng, cfg.input_len, tokenizer)
-    content = [media_part(spec) for spec in media]
+    content = [media_part(spec, size_hints) for spec in media]
     if text:
         content.append({"type": "text", "text": text})
     return WorkloadRequest(
