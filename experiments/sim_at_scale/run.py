@@ -39,7 +39,11 @@ RATES = {"cpu": [0.1, 0.3, 0.6, 1.2, 2.4, 4.8, 9.6, 19.2], "h200": [0.1, 0.3, 0.
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'kernels'}", "HF_HUB_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "kernels"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def sim(out: Path, profile: Path, *over: str) -> dict:

@@ -53,7 +53,12 @@ GPU_WORKLOAD = ["workload.num_requests=40", "workload.warmup_requests=3", "workl
 
 
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'kernels'}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "kernels"), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def run(cmd: list[str], log: Path) -> None:
