@@ -53,7 +53,7 @@ def plan(engine: SimEngine, now: float, poll_s: float, send_s: float, horizon: f
     """The run starting at ``now`` (the current turn polled already), or None when there is none worth it."""
     running = engine.scheduler.running
     cfg = engine.cfg
-    if len(running) < 1 or engine.kv_waiting or len(running) > cfg.max_batch_tokens:
+    if len(running) < 1 or len(running) > cfg.max_batch_tokens:
         return None
     left = 1 << 30
     for seq in running:
@@ -125,6 +125,8 @@ def _admission_blocked(engine: SimEngine, batch: int) -> bool:
     head, blocks = ready[0], engine.blocks
     if head.num_tokens > blocks.capacity_tokens:
         return False  # schedule fails it: let it
+    if head.kv_pending is not None:  # prefilled elsewhere: all its blocks fresh, no budget split
+        return blocks.blocks_for(head.num_tokens) > blocks.num_free
     cached = blocks.match(head)
     start = len(cached) * blocks.block_size
     fresh = blocks.blocks_for(start + min(head.num_tokens - start, budget)) - len(cached)

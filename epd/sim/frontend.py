@@ -24,6 +24,7 @@ from epd.metrics import RequestRecord
 from epd.protocol import EncodeItem, ItemRef, NewRequest, RequestOutput, SamplingParams
 from epd.protocol.messages import ItemDone
 from epd.scheduler import EncoderPolicy, MediaItemInfo
+from epd.scheduler.decode import DecodeRequest
 from epd.sim.requests import SimRequest
 from epd.workload import ArrivalDriver
 
@@ -148,7 +149,15 @@ class SimFrontend:
             ItemRef(index=it.index, modality=it.modality, encoder_rank=enc)
             for it, enc in zip(tracked.items, tracked.encoders, strict=True)
         ]
-        new = NewRequest(request_id=req.id, prompt_token_ids=req.prompt_ids, items=refs, sampling=sampling)
+        decode_rank = -1
+        policy = self.sim.decode_policy
+        if policy is not None:  # Frontend._new_request: the decode instance is chosen when the request is routed
+            self.sim.refresh_decode_load()
+            num_tokens = len(req.prompt_ids) + sum(it.est_tokens for it in tracked.items)
+            decode_rank = policy.assign(DecodeRequest(request_id=req.id, num_tokens=num_tokens,
+                                                      max_tokens=wreq.max_tokens))  # fmt: skip
+        new = NewRequest(request_id=req.id, prompt_token_ids=req.prompt_ids, items=refs, sampling=sampling,
+                         decode_rank=decode_rank)  # fmt: skip
         self.sim.send_request(tracked.language_rank, new)
         for item, enc in zip(tracked.items, tracked.encoders, strict=True):
             self.unreported[item.key] = (tracked, item, enc)

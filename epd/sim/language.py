@@ -8,10 +8,10 @@ model (embedding merge, rope positions, DeepStack rows): the model runner is rep
 model. Every scheduling decision (admission order, chunked prefill under the token budget,
 preemption, prefix-cache matches and evictions) is ``Scheduler.schedule`` and ``BlockManager``'s.
 
-Prefill and decode instances add a hand-off: a prefill instance stops a request after its first
-token and keeps its blocks until the KV cache has reached the decode instance; a decode instance
-allocates the request's blocks (waiting, first come first served, while they are short), receives
-the KV cache and continues decoding.
+Prefill and decode instances add the hand-off of ``LanguageEngine``: a prefill instance stops a
+request after its first token and frees its blocks (they stay in its prefix cache); the decode
+instance the frontend chose receives the KV cache and adds the request to its scheduler, which
+admits it (``kv_pending``) when it has blocks for it; it then decodes from its first token on.
 
 ``epd.sim.decode_run`` is the one shortcut: runs of pure decode steps of the same batch as one event.
 """
@@ -19,14 +19,13 @@ the KV cache and continues decoding.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable
 
 from epd.language.block_manager import BlockManager
 from epd.language.config import EngineConfig
 from epd.language.runner import ModelRunner
 from epd.language.scheduler import Scheduler
-from epd.language.sequence import Sequence, Status
+from epd.language.sequence import Sequence
 from epd.models import ItemMeta, LanguageSide
 from epd.protocol import NewRequest, RequestOutput
 from epd.sim.costs import CostModel
@@ -77,8 +76,6 @@ class SimEngine:
         self._early_items: dict[str, list[tuple]] = {}
         self._failed: set[str] = set()
         self._errored: dict[str, None] = {}  # requests with an error, not yet failed (only add_item sets one)
-        self.handed_off: dict[str, Sequence] = {}  # prefill: first token out, KV on its way
-        self.kv_waiting: deque[tuple[Sequence, Callable[[Sequence], None]]] = deque()  # decode: blocks short
         self.on_hand_off: Callable[[Sequence], None] | None = None  # prefill: where the KV cache goes
         self.steps = 0
         self.busy_s = 0.0
@@ -176,6 +173,9 @@ class SimEngine:
         self.stalled = not batch and not outputs and not batch.preempted
         if not batch:
             return outputs
+        for seq in batch.loaded:  # LanguageEngine._load_prefilled: the KV copied into its blocks
+            seq.kv_pending = None
+            self.blocks.computed(seq)
         for seq, _ in batch.prefills:
             if "prefill_start" not in seq.timestamps:
                 seq.stamp("prefill_start")
@@ -242,37 +242,17 @@ class SimEngine:
     # ---- prefill / decode hand-off ----------------------------------------------------------------------
 
     def _hand_off(self, seq: Sequence) -> None:
-        """Prefill side: the first token is out; the sequence leaves the batch, its blocks stay until
-        ``release`` (its KV cache is on the way to a decode instance)."""
-        self.scheduler.running.remove(seq)
-        seq.status = Status.FINISHED
+        """Prefill side (``LanguageEngine._hand_off``): the first token is out; the sequence leaves and
+        its blocks are freed (they stay in the prefix cache) once its KV cache is copied out."""
+        self.scheduler.remove(seq)
         self.seqs.pop(seq.id, None)
-        self.handed_off[seq.id] = seq
         if self.on_hand_off is not None:
             self.on_hand_off(seq)
 
-    def release(self, request_id: str) -> None:
-        """Prefill side: the KV cache has reached the decode instance; free the blocks."""
-        seq = self.handed_off.pop(request_id, None)
-        if seq is not None:
-            self.blocks.release(seq)
-
-    def kv_arrived(self, seq: Sequence, on_admit: Callable[[Sequence], None]) -> None:
-        """Decode side: a prefilled sequence waits for its blocks (``admit_kv`` allocates them)."""
-        self.kv_waiting.append((seq, on_admit))
-
-    def admit_kv(self) -> None:
-        """Decode side: allocate blocks for waiting prefilled sequences, first come first served;
-        ``on_admit`` receives the KV cache into them (the caller times it)."""
-        while self.kv_waiting:
-            seq, on_admit = self.kv_waiting[0]
-            cached = seq.num_cached_prompt  # what the prefill side's prefix cache served (admit resets it)
-            if not self.blocks.admit(seq, [], seq.prompt_len):
-                return
-            seq.num_cached_prompt = cached
-            self.kv_waiting.popleft()
-            seq.num_computed = seq.prompt_len  # the prompt's KV came over; the first token's is computed next
-            seq.status = Status.RUNNING
-            self.scheduler.running.append(seq)
-            self.seqs[seq.id] = seq
-            on_admit(seq)
+    def add_prefilled(self, seq: Sequence) -> None:
+        """Decode side (``LanguageEngine.add_prefilled``): the KV cache is here; the scheduler admits the
+        sequence when it has blocks for it and it decodes from its first token on."""
+        seq.kv_pending = True  # the received KV cache (the simulator holds no tensors)
+        seq.stamp("kv_transfer_end")
+        self.seqs[seq.id] = seq
+        self.scheduler.add(seq)

@@ -72,8 +72,6 @@ class SimRank:
         while self.inbox:
             handler, args = self.inbox.popleft()
             handler(*args)
-        if self.engine is not None and self.engine.kv_waiting:
-            self.engine.admit_kv()
         if self.encoder is not None and self.encoder.has_work:
             self.pool.collected(self.loop.now)
             for result in self.encoder.step():

@@ -21,7 +21,7 @@ from epd.models import resolve_checkpoint
 from epd.protocol import EncodeItem, NewRequest, RequestOutput
 from epd.protocol.messages import ItemDone
 from epd.scheduler import build_encoder_policy
-from epd.scheduler.decode import DecodeRequest, build_decode_policy
+from epd.scheduler.decode import build_decode_policy
 from epd.sim.config import SimRunConfig
 from epd.sim.costs import CostModel
 from epd.sim.encoder import build_encoder_role
@@ -160,8 +160,11 @@ class Simulation:
 
     def output(self, rank: SimRank, out: RequestOutput) -> None:
         """An engine output: to the frontend; a decode instance's finished request leaves its ledger."""
-        if out.finished and rank.inst.role == "decode":
-            self.decode_policy.load.finish(rank.inst.leader, out.request_id)
+        if rank.inst.role == "decode":
+            if out.finished:
+                self.decode_policy.load.finish(rank.inst.leader, out.request_id)
+            else:
+                self.decode_policy.load.admit(out.request_id)  # it holds its blocks there now
         self.loop.advance(self.costs.send_s)
         self.loop.at(self.loop.now + self.latency, self.frontend.receive, self.frontend.on_output, out)
 
@@ -182,33 +185,35 @@ class Simulation:
 
     # ---- prefill → decode ----------------------------------------------------------------------------
 
-    def hand_off(self, src: SimRank, seq: Sequence) -> None:
-        """A prefill instance sampled ``seq``'s first token: pick a decode instance, send the KV cache."""
-        for leader in self.decode_policy.ranks:  # the decode instances' reports as of this event
+    def refresh_decode_load(self) -> None:
+        """The decode instances' free blocks as of now (the real frontend has them from heartbeats)."""
+        for leader in self.decode_policy.ranks:
             self.ranks[leader].settle(self.loop.event_time)
             self.report_free_blocks(self.ranks[leader])
-        req = DecodeRequest(request_id=seq.id, num_tokens=seq.prompt_len, max_tokens=seq.request.sampling.max_tokens)
-        dst = self.ranks[self.decode_policy.assign(req)]
+
+    def hand_off(self, src: SimRank, seq: Sequence) -> None:
+        """``LanguageEngine._hand_off`` + ``RankServer``: the prefill instance sampled ``seq``'s first token
+        and freed its blocks; its KV cache goes to the decode instance the frontend chose, whose loop
+        receives it (``add_prefilled``) and whose scheduler admits it when it has the blocks."""
+        dst = self.ranks[seq.request.decode_rank]
         seq.timestamps["kv_transfer_start"] = self.loop.now
-        fixed, copy_s = self.costs.transfer_parts(
-            self.costs.kv_transfer_bytes(seq.prompt_len) / src.inst.tp, internode=dst.inst.node != src.inst.node
-        )
+        nbytes = self.costs.kv_transfer_bytes(seq.prompt_len) / src.inst.tp
+        fixed, copy_s = self.costs.transfer_parts(nbytes, internode=dst.inst.node != src.inst.node)
         moved = Sequence(request=seq.request)
         moved.token_ids = list(seq.token_ids)
         moved.prompt_len = seq.prompt_len
-        moved.prepared_items = seq.prepared_items
-        moved.item_spans = seq.item_spans
-        moved.block_hashes = list(seq.block_hashes)
         moved.output_ids = list(seq.output_ids)
-        moved.num_cached_prompt = seq.num_cached_prompt
+        moved.prepared_items = seq.prepared_items
+        moved.item_spans = list(seq.item_spans)
+        moved.num_cached_prompt, moved.num_preemptions = seq.num_cached_prompt, seq.num_preemptions
+        moved.timestamps = dict(seq.timestamps)
+        moved.kv_transfer_bytes = int(nbytes * src.inst.tp)
+        self.loop.advance(self.costs.send_s)
+        dst.send(fixed, self._recv_kv, dst, moved, copy_s)
 
-        def admitted(s: Sequence) -> None:
-            self.loop.advance(copy_s)
-            s.timestamps["kv_transfer_end"] = self.loop.now
-            self.decode_policy.load.admit(s.id)
-            src.send(self.latency, src.engine.release, s.id)
-
-        dst.send(fixed, dst.engine.kv_arrived, moved, admitted)
+    def _recv_kv(self, dst: SimRank, seq: Sequence, copy_s: float) -> None:
+        self.loop.advance(copy_s)  # the receiving loop waits on recv(), as for an item
+        dst.engine.add_prefilled(seq)
 
     def report_free_blocks(self, rank: SimRank) -> None:
         """A decode instance tells the prefill side its free KV blocks (after each of its turns)."""

@@ -153,12 +153,16 @@ def test_fast_forward_gives_the_same_records_as_step_by_step(tmp_path, topology)
 
 
 @pytest.mark.timeout(120)
-def test_a_prefill_instance_out_of_blocks_waits_for_the_decode_side(tmp_path):
-    """Prefill blocks stay held until the KV cache reaches a decode instance: with a small cache the
-    prefill instance has waiting work it cannot run, and must wait for those releases (not spin)."""
+def test_prefilled_requests_wait_on_the_decode_side_for_blocks(tmp_path):
+    """As in LanguageEngine: the prefill instance frees its blocks at the hand-off; a decode instance
+    whose cache holds two of these requests (64 blocks, 29 each) keeps the others waiting in its
+    scheduler (``kv_pending``) until blocks free up, and the rank waits for messages meanwhile."""
     summary, rows = run_sim(tmp_path, gpu_profile(),
                             **{"workload.num_requests": 30, "workload.image_count": 0, "workload.input_len": 400,
                                "workload.output_len": 32, "engine.kv_tokens": 1024, "sim.encoders": 1,
                                "sim.prefill": 1, "sim.decode": 2, "scheduler.decode_policy": "least_loaded"})  # fmt: skip
     assert summary["num_completed"] == 30
     assert all(len(r["token_times"]) == 32 for r in rows)
+    waits = sorted(r["token_times"][1] - r["timestamps"]["kv_transfer_end"] for r in rows)
+    assert waits[0] < 0.02  # the first ones found blocks at once (one decode step, ~5 ms)
+    assert waits[-1] > 0.3  # later ones waited for two requests' worth of decode (~31 steps each) or more
