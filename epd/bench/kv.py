@@ -1,6 +1,6 @@
 """KV-cache transfer from a prefill to a decode instance, per backend, against the link's limit.
 
-    python -m epd.bench.kv transfer=shm tokens=8192 iters=10 [device=auto|cpu|cuda] [layers=28]
+    python -m epd.bench.kv transfer=shm,zmq tokens=8192 iters=10 [device=auto|cpu|cuda] [layers=28]
 
 Two ranks on this host, each with a paged KV cache of the Qwen2.5-7B language model's shape (28 layers,
 4 KV heads of 128, blocks of 16 tokens; bf16 on GPU, float32 on CPU). Rank 0 does what a prefill
@@ -48,7 +48,11 @@ def parse_args(argv: list[str]) -> dict[str, str]:
         if not sep or key not in DEFAULTS:
             raise SystemExit(f"bad argument {arg!r}; known keys: {', '.join(DEFAULTS)} (see --help)")
         args[key] = value
-    TransferConfig(backend=args["transfer"])  # an unknown backend fails before spawning
+    for backend in args["transfer"].split(","):  # an unknown backend fails before spawning
+        try:
+            TransferConfig(backend=backend)
+        except ValueError as exc:
+            raise SystemExit(f"epd.bench.kv: {exc}") from None
     return args
 
 
@@ -113,6 +117,7 @@ def _rank_main(rank: int, args: dict[str, str], port: int, secret: bytes) -> Non
             (kv,) = transfer.recv(ship.handle)
             cache.index_copy_(2, table, kv.to(cache.dtype))  # as ModelRunner.write_kv
             _sync(device)
+            del kv  # a shm view on the host: dropping it releases the segment, which the sender waits for
             transfer.poll()
             if i >= int(args["warmup"]):
                 times.append((time.monotonic_ns() - ship.t0_ns) / 1e9)
@@ -150,12 +155,13 @@ def _report(args, device: torch.device, nbytes: int, seconds: float, reference: 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     secret = os.urandom(32)  # the two ranks' shared job secret (shm names, zmq tags), as a job's launcher gives
-    mp.spawn(_rank_main, args=(args, port, secret), nprocs=2, join=True)
+    for backend in args["transfer"].split(","):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_rank_main, args=({**args, "transfer": backend}, port, secret), nprocs=2, join=True)
 
 
 if __name__ == "__main__":
