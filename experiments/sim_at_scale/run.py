@@ -2,6 +2,7 @@
 
     python experiments/sim_at_scale/run.py --out OUT --cpu-profile P.json            # everything
     python experiments/sim_at_scale/run.py --out OUT --cpu-profile P.json --skip-timing
+    python experiments/sim_at_scale/run.py --out OUT --cpu-profile P.json --skip-timing --skip-cpu --gpu-profile G.json
 
 1. Timing: 1000 instances (400 encoders + 600 language instances, one per device: a cluster of
    profiled hosts, ``sim.shared_host=false``) and 1,000,000 requests, from the CPU profile.
@@ -9,8 +10,10 @@
    (E+PD) and encoders + prefill + decode (E+P+D), 8 language-side GPUs, on the seed table's workload
    (8 x 1080p images + 128 text tokens in, 256 out) at the seed table's rates per language-side GPU
    (0.1, 0.3, 0.6 req/s) and beyond, from two profiles: this machine's CPU profile (the tiny model:
-   the absolute numbers describe it, not a 7B) and a sketch of the H200 built from BENCHMARKS.md
-   (``h200_sketch.py``; not an ``epd.profile`` run). Goodput counts TTFT <= 4 s and TPOT <= 100 ms.
+   the absolute numbers describe it, not a 7B) and a GPU profile of the 7B shape taken by
+   ``python -m epd.profile`` (``--gpu-profile``) or, without one, a sketch of the H200 built from
+   BENCHMARKS.md (``h200_sketch.py``; not an ``epd.profile`` run). Goodput counts TTFT <= 4 s and
+   TPOT <= 100 ms.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ CONFIGS = {  # name -> instance counts for 8 language-side GPUs
     "16E + 4P + 4D": ["sim.encoders=16", "sim.prefill=4", "sim.decode=4"],
     "32E + 4P + 4D": ["sim.encoders=32", "sim.prefill=4", "sim.decode=4"],
 }
-RATES = {"cpu": [0.1, 0.3, 0.6, 1.2, 2.4, 4.8, 9.6, 19.2], "h200": [0.1, 0.3, 0.6, 1.2, 2.4]}  # per language-side GPU
+RATES = {
+    "cpu": [0.1, 0.3, 0.6, 1.2, 2.4, 4.8],
+    "h200": [0.1, 0.3, 0.6, 1.2, 2.4],
+    "gpu": [0.1, 0.3, 0.6, 1.2, 2.4],
+}  # per language-side GPU
 
 
 def env() -> dict:
@@ -119,21 +126,31 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=120.0, help="seconds of arrivals per point of the seed grid")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--skip-cpu", action="store_true", help="no seed grid from the CPU profile")
+    ap.add_argument("--gpu-profile", type=Path, help="a GPU profile (python -m epd.profile device=cuda ...): "
+                    "its seed grid replaces the H200 sketch's")  # fmt: skip
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {}
     if not args.skip_timing:
         result["timing"] = timing(args.out, args.cpu_profile, args.requests)
         print(json.dumps(result["timing"], indent=1), flush=True)
-    sketch = args.out / "h200_sketch" / "profile.json"
-    subprocess.run([sys.executable, str(Path(__file__).with_name("h200_sketch.py")), str(sketch), "--cpu-profile",
-                    str(args.cpu_profile)], cwd=REPO, env=env(), check=True)  # fmt: skip
-    for name, profile in (("cpu", args.cpu_profile), ("h200", sketch)):
+    profiles = {}
+    if not args.skip_cpu:
+        profiles["cpu"] = args.cpu_profile
+    if args.gpu_profile is not None:  # measured by epd.profile on a GPU: it replaces the sketch
+        profiles["gpu"] = args.gpu_profile
+    else:
+        sketch = args.out / "h200_sketch" / "profile.json"
+        subprocess.run([sys.executable, str(Path(__file__).with_name("h200_sketch.py")), str(sketch),
+                        "--cpu-profile", str(args.cpu_profile)], cwd=REPO, env=env(), check=True)  # fmt: skip
+        profiles["h200"] = sketch
+    for name, profile in profiles.items():
         print(f"seed grid, {name} profile", flush=True)
         result[name] = seed_grid(args.out / name, profile, RATES[name], args.seconds)
         (args.out / f"table_{name}.md").write_text(table(result[name]) + "\n")
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    for name in ("cpu", "h200"):
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    for name in profiles:
         print(f"\n{name}: mean TTFT / mean TPOT, goodput per GPU (req/s)\n" + table(result[name]))
 
 
