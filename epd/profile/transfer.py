@@ -1,9 +1,9 @@
 """The data plane's part of a profile: transfer time vs bytes per backend, the control-message
 latency, and the all-reduce of tensor parallelism where two ranks can run it.
 
-Two processes on this host, with ``epd.bench.transfer``'s machinery (its payloads and its send and
-receive loops: time from ``send()`` to the tensors being usable on the receiver, the handle
-crossing a ZMQ socket). On one GPU ``nccl`` is skipped (NCCL refuses two ranks on one device) and
+Two processes on this host, with ``epd.bench.transfer``'s ``Bench``: one image item a round, from
+``send()`` to the tensors being usable on the receiver, the handle crossing epd's sealed control
+plane in an ``ItemReady`` and the receiver turning its loop as a language rank does. On one GPU ``nccl`` is skipped (NCCL refuses two ranks on one device) and
 the all-reduce cannot be measured: its figure is then assumed (``ASSUMED_ALLREDUCE``) and the
 profile says so.
 """
