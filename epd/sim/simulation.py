@@ -197,8 +197,8 @@ class Simulation:
         receives it (``add_prefilled``) and whose scheduler admits it when it has the blocks."""
         dst = self.ranks[seq.request.decode_rank]
         seq.timestamps["kv_transfer_start"] = self.loop.now
-        nbytes = self.costs.kv_transfer_bytes(seq.prompt_len) / src.inst.tp
-        fixed, copy_s = self.costs.transfer_parts(nbytes, internode=dst.inst.node != src.inst.node)
+        total = self.costs.kv_transfer_bytes(seq.prompt_len)  # each of the tp ranks sends its shard at once
+        fixed, copy_s = self.costs.transfer_parts(total / src.inst.tp, internode=dst.inst.node != src.inst.node)
         moved = Sequence(request=seq.request)
         moved.token_ids = list(seq.token_ids)
         moved.prompt_len = seq.prompt_len
@@ -207,7 +207,7 @@ class Simulation:
         moved.item_spans = list(seq.item_spans)
         moved.num_cached_prompt, moved.num_preemptions = seq.num_cached_prompt, seq.num_preemptions
         moved.timestamps = dict(seq.timestamps)
-        moved.kv_transfer_bytes = int(nbytes * src.inst.tp)
+        moved.kv_transfer_bytes = int(total)
         self.loop.advance(self.costs.send_s)
         dst.send(fixed, self._recv_kv, dst, moved, copy_s)
 
