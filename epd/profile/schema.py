@@ -33,6 +33,9 @@ measured quantity keeps its points next to the model fitted on them (``epd.profi
                 prepare_s: points [[prompt tokens, s]], fit linear (a request's prompt expanded, its
                 positions computed and its embeddings merged once its items are in)
     parallel    allreduce_bw_bytes_per_s, allreduce_latency_s, source (assumed, not measured on one GPU)
+    calibration (optional, ``epd.sim.calibrate``) factors {frontend, fetch, preprocess, tower, transfer,
+                kv_transfer, prefill, decode}: each kind of work's cost inside a real job / alone; run,
+                sim (the sim.* options calibrated with), real_stage_s, sim_stage_s
 """
 
 from __future__ import annotations

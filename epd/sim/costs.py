@@ -11,6 +11,10 @@ Measured on one device (``epd.profile``); what one device cannot show is modelle
 - **Between nodes** a transfer runs at ``sim.internode_gbps`` with ``sim.internode_latency_us``
   more fixed cost (assumed, not measured).
 - A **language step** is ``prefill + decode`` parts sharing one fixed cost (``epd.profile.schema``).
+- A profile's optional ``calibration`` section (``epd.sim.calibrate``: a real run of the job against its
+  simulation) scales each kind of work by a factor: ``frontend`` (tokenize and probe), ``fetch``,
+  ``preprocess``, ``tower``, ``transfer`` (embeddings), ``kv_transfer``, ``prefill`` and ``decode``
+  (the two parts of a step). What the profile measured alone, the calibration has seen inside a job.
 """
 
 from __future__ import annotations
@@ -19,6 +23,25 @@ from dataclasses import dataclass
 
 from epd.profile.fit import Piecewise, evaluate, evaluate_features, intercept
 from epd.sim.config import SimOptions
+
+CALIBRATED = ("frontend", "fetch", "preprocess", "tower", "transfer", "kv_transfer", "prefill", "decode")
+"""The kinds of work a profile's ``calibration.factors`` may scale (``epd.sim.calibrate``)."""
+
+
+def calibration_factors(profile: dict) -> dict[str, float]:
+    """The profile's calibration factors, every kind present (1.0 where it has none); ``ValueError``
+    names a factor that is unknown or not a positive number."""
+    given = (profile.get("calibration") or {}).get("factors") or {}
+    unknown = sorted(set(given) - set(CALIBRATED))
+    if unknown:
+        raise ValueError(f"profile calibration: unknown factor(s) {', '.join(unknown)}; known: {', '.join(CALIBRATED)}")
+    out = {}
+    for kind in CALIBRATED:
+        value = given.get(kind, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"profile calibration: factor {kind}={value!r} must be a positive number")
+        out[kind] = float(value)
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +61,7 @@ class CostModel:
     def __init__(self, profile: dict, opts: SimOptions, backend: str) -> None:
         self.profile = profile
         self.model = profile["model"]
+        self.factors = calibration_factors(profile)
         lang = profile["language"]
         self.block_size = int(lang["block_size"])
         self._prefill = lang["prefill_s"]["fit"]
@@ -81,12 +105,12 @@ class CostModel:
 
     def tokenize_s(self, prompt_tokens: int) -> float:
         """The frontend's chat template + tokenizer for one request."""
-        return evaluate(self._tokenize, prompt_tokens)
+        return evaluate(self._tokenize, prompt_tokens) * self.factors["frontend"]
 
     def probe_s(self, item: MediaSize) -> float:
         """The frontend sizing and hashing one item."""
         fit = self._probe.get(item.modality)
-        return evaluate(fit["fit"], item.size) if fit else 0.0
+        return evaluate(fit["fit"], item.size) * self.factors["frontend"] if fit else 0.0
 
     def prepare_s(self, prompt_tokens: int) -> float:
         """A language instance expanding a prompt whose items are in (positions, embedding merge)."""
@@ -100,11 +124,11 @@ class CostModel:
 
     def fetch_s(self, item: MediaSize) -> float:
         """Fetching and decoding one item's media on a decode thread."""
-        return evaluate(self._media(item.modality)["fetch_s"]["fit"], item.size)
+        return evaluate(self._media(item.modality)["fetch_s"]["fit"], item.size) * self.factors["fetch"]
 
     def preprocess_s(self, item: MediaSize) -> float:
         """The family's HF processor on one item (serialised per encoder by the processor's lock)."""
-        return evaluate(self._media(item.modality)["preprocess_s"]["fit"], item.size)
+        return evaluate(self._media(item.modality)["preprocess_s"]["fit"], item.size) * self.factors["preprocess"]
 
     def tower_s(self, tokens_by_modality: dict[str, list[int]]) -> float:
         """One tower call of the items' tokens: one packed call per modality, one after the other."""
@@ -117,7 +141,7 @@ class CostModel:
                 "tokens_sq": sum(t * t for t in tokens),
             }
             total += evaluate_features(self._media(modality)["tower_s"]["fit"], features)
-        return total
+        return total * self.factors["tower"]
 
     def embed_bytes(self, tokens: int) -> int:
         """Bytes an item's embeddings (and DeepStack features) take on the wire."""
@@ -125,9 +149,10 @@ class CostModel:
 
     # ---- data plane --------------------------------------------------------------------------------
 
-    def transfer_parts(self, nbytes: float, internode: bool = False) -> tuple[float, float]:
-        """(fixed cost, bandwidth time) of moving ``nbytes`` between two ranks."""
-        fixed, per_byte = self._transfer["a"], self._transfer["b"]
+    def transfer_parts(self, nbytes: float, internode: bool = False, kind: str = "transfer") -> tuple[float, float]:
+        """(fixed cost, bandwidth time) of moving ``nbytes`` between two ranks; ``kind`` is ``transfer``
+        (embeddings) or ``kv_transfer`` (a prefilled request's KV cache), whose calibrations differ."""
+        fixed, per_byte = self._transfer["a"] * self.factors[kind], self._transfer["b"] * self.factors[kind]
         if internode:
             return fixed + self.internode_lat, nbytes / self.internode_bw
         return fixed, nbytes * per_byte
@@ -139,13 +164,14 @@ class CostModel:
         decoding sequences holding ``decode_context`` tokens in all, on an instance of ``tp`` ranks."""
         t = 0.0
         num_prefill = 0
+        f = self.factors
         if prefills:
             num_prefill = sum(n for n, _ in prefills)
-            t += self._prefill_at(num_prefill)
-            t += self._prefill["attn_s"] * sum(n * (c + n / 2) for n, c in prefills)
+            t += self._prefill_at(num_prefill) * f["prefill"]
+            t += self._prefill["attn_s"] * sum(n * (c + n / 2) for n, c in prefills) * f["prefill"]
         if decode_batch:
             d = self._decode_at(decode_batch)
-            t += (d - self._decode0 if prefills else d) + self._decode["ctx_s"] * decode_context
+            t += ((d - self._decode0 if prefills else d) + self._decode["ctx_s"] * decode_context) * f["decode"]
         return self.tp_step(t, num_prefill + decode_batch, tp)
 
     def tp_step(self, t: float, tokens: int, tp: int) -> float:

@@ -199,6 +199,8 @@ class SimFrontend:
         rec = tracked.record
         if msg.timestamps:
             rec.timestamps.update(msg.timestamps)
+        if msg.kv_transfer_bytes:
+            rec.kv_transfer_bytes = msg.kv_transfer_bytes
         self.add_token_times(rec, [now] * len(msg.token_ids))
         if msg.num_prompt_tokens:
             rec.num_prompt_tokens = msg.num_prompt_tokens

@@ -237,6 +237,7 @@ class SimEngine:
             timestamps=seq.timestamps if (first or reason) else {},
             num_cached_tokens=seq.num_cached_prompt if reason else 0,
             num_preemptions=seq.num_preemptions if reason else 0,
+            kv_transfer_bytes=seq.kv_transfer_bytes if reason else 0,
         )
 
     # ---- prefill / decode hand-off ----------------------------------------------------------------------

@@ -55,7 +55,7 @@ def write_results(cfg: SimRunConfig, sim, records: list, summary: dict) -> None:
     ``epd.run`` writes them."""
     config = cfg.to_dict()
     config["topology"] = sim.topology.to_dict()
-    config["model"] = sim.profile["model"].get("config", config["model"])
+    config["model"] = sim.profile["model"].get("config") or config["model"]
     measured = [r for r in records if not r.warmup]
     keep = cfg.sim.records
     if keep == "none" or (keep == "auto" and len(measured) > RECORDS_UP_TO):

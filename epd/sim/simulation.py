@@ -198,7 +198,9 @@ class Simulation:
         dst = self.ranks[seq.request.decode_rank]
         seq.timestamps["kv_transfer_start"] = self.loop.now
         total = self.costs.kv_transfer_bytes(seq.prompt_len)  # each of the tp ranks sends its shard at once
-        fixed, copy_s = self.costs.transfer_parts(total / src.inst.tp, internode=dst.inst.node != src.inst.node)
+        fixed, copy_s = self.costs.transfer_parts(
+            total / src.inst.tp, internode=dst.inst.node != src.inst.node, kind="kv_transfer"
+        )
         moved = Sequence(request=seq.request)
         moved.token_ids = list(seq.token_ids)
         moved.prompt_len = seq.prompt_len

@@ -43,6 +43,8 @@ from epd.profile.host import effective_cores  # noqa: E402
 WORKLOAD = ["workload.num_requests=40", "workload.warmup_requests=3", "workload.image_count=2",
             "workload.resolution=720p", "workload.input_len=32", "workload.output_len=64"]  # fmt: skip
 TOPOLOGIES = {"colocated": [], "1e1p": ["+topology=1e1p"], "2e1p": ["+topology=2e1p"], "1e1p1d": ["+topology=1e1p1d"]}
+CALIBRATION_SEED = 100
+SIM_KINDS = ("sim", "sim_one_profile", "sim_cal", "sim_cal_one")
 METRICS = {"ttft_mean": ("ttft_ms", "mean"), "ttft_p90": ("ttft_ms", "p90"), "tpot_mean": ("tpot_ms", "mean"),
            "itl_p50": ("itl_ms", "p50"), "throughput": ("request_throughput", None)}  # fmt: skip
 
@@ -95,6 +97,8 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU, the 7B shape with random weights, ranks sharing it")
     p.add_argument("--requests", type=int, default=40, help="measured requests per run")
     p.add_argument("--table-only", action="store_true", help="rebuild the tables from the runs under --out")
+    p.add_argument("--calibrate", action="store_true", help="per topology, one more real run (lowest rate, its own "
+                   "seed) to calibrate the profile on; every run is simulated from the calibrated profile too")  # fmt: skip
     args = p.parse_args()
     if args.table_only:
         return rebuild(args)
@@ -103,31 +107,56 @@ def main() -> None:
         if args.rates == "4,10,20":
             args.rates = "0.5,1,2"
     py = sys.executable
-    rows, first = [], args.profile
+    rows, first, first_cal = [], args.profile, None
     for topo in args.topologies.split(","):
         profile = args.profile or take_profile(py, args.out / "profiles" / topo, args.gpu)
         first = first or profile
+        profiles = {"sim": profile, "sim_one_profile": first}
+        if args.calibrate:
+            cal = calibrate(py, args, topo, profile)
+            first_cal = first_cal or cal
+            profiles |= {"sim_cal": cal, "sim_cal_one": first_cal}
         for rate in [float(r) for r in args.rates.split(",")]:
-            real, sim, one, cores = [], [], [], []
+            runs, cores = {kind: [] for kind in ("real", *profiles)}, []
             for rep in range(args.repeats):
                 tag = f"{topo}_r{rate:g}_{rep}"
-                over = [*TOPOLOGIES[topo], *(GPU + GPU_WORKLOAD if args.gpu else WORKLOAD), f"workload.num_requests={args.requests}",
-                        f"workload.request_rate={rate}", f"workload.seed={rep}", "logger.quiet=true"]  # fmt: skip
+                over = overrides(args, topo, rate, rep)
                 before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
                 run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
                     args.out / "real" / tag / "job.log")  # fmt: skip
                 cores.append(min(before, effective_cores()["effective_cores"]))
                 record_cores(args.out, tag, cores[-1])
-                for kind, prof in (("sim", profile), ("sim_one_profile", first)):
-                    run([py, "-m", "epd.sim", f"hydra.run.dir={args.out / kind / tag}", f"profile={prof}", *over,
-                         *(["sim.num_gpus=1"] if args.gpu else [])],
-                        args.out / kind / tag / "job.log")  # fmt: skip
-                real.append(summary(args.out / "real" / tag))
-                sim.append(summary(args.out / "sim" / tag))
-                one.append(summary(args.out / "sim_one_profile" / tag))
-                print(f"{tag}: free cores {cores[-1]:.2f}  real {real[-1]}  sim {sim[-1]}", flush=True)
-            rows.append(row(topo, rate, real, sim, one, cores, args.noisy_below))
+                for kind, prof in profiles.items():
+                    simulate(py, args, args.out / kind / tag, prof, over)
+                for kind in runs:
+                    runs[kind].append(summary(args.out / kind / tag))
+                print(f"{tag}: free cores {cores[-1]:.2f}  real {runs['real'][-1]}  sim {runs['sim'][-1]}", flush=True)
+            rows.append(row(topo, rate, runs, cores, args.noisy_below))
             write_tables(rows, args.out)  # after every row: a run cut short keeps what it measured
+
+
+def overrides(args, topo: str, rate: float, seed: int) -> list[str]:
+    return [*TOPOLOGIES[topo], *(GPU + GPU_WORKLOAD if args.gpu else WORKLOAD), f"workload.num_requests={args.requests}",
+            f"workload.request_rate={rate}", f"workload.seed={seed}", "logger.quiet=true"]  # fmt: skip
+
+
+def simulate(py: str, args, out: Path, profile: Path, over: list[str]) -> None:
+    run([py, "-m", "epd.sim", f"hydra.run.dir={out}", f"profile={profile}", *over, *(["sim.num_gpus=1"] if args.gpu else [])],
+        out / "job.log")  # fmt: skip
+
+
+def calibrate(py: str, args, topo: str, profile: Path) -> Path:
+    """One real run of ``topo`` at the lowest rate on a seed no measured run uses (``CALIBRATION_SEED``);
+    the profile calibrated on it (``python -m epd.sim.calibrate``)."""
+    rate = min(float(r) for r in args.rates.split(","))
+    tag = f"{topo}_calibration"
+    wait_for_quiet(args.quiet_cores, args.max_wait_s)
+    run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args),
+         *overrides(args, topo, rate, CALIBRATION_SEED)], args.out / "real" / tag / "job.log")  # fmt: skip
+    out = args.out / "profiles" / topo / "calibrated.json"
+    run([py, "-m", "epd.sim.calibrate", f"profile={profile}", f"run={args.out / 'real' / tag}", f"out={out}",
+         *(["sim.num_gpus=1"] if args.gpu else [])], args.out / "profiles" / topo / "calibrate.log")  # fmt: skip
+    return out
 
 
 def rebuild(args) -> None:
@@ -139,10 +168,9 @@ def rebuild(args) -> None:
             tags = [f"{topo}_r{rate:g}_{rep}" for rep in range(args.repeats)]
             tags = [t for t in tags if (args.out / "real" / t / "results.json").is_file()]
             if tags:
-                real, sim, one = (
-                    [summary(args.out / kind / t) for t in tags] for kind in ("real", "sim", "sim_one_profile")
-                )
-                rows.append(row(topo, rate, real, sim, one, [cores[t] for t in tags], args.noisy_below))
+                kinds = [k for k in ("real", *SIM_KINDS) if (args.out / k / tags[0] / "results.json").is_file()]
+                runs = {kind: [summary(args.out / kind / t) for t in tags] for kind in kinds}
+                rows.append(row(topo, rate, runs, [cores[t] for t in tags], args.noisy_below))
     write_tables(rows, args.out)
 
 
@@ -169,19 +197,27 @@ def take_profile(py: str, out: Path, gpu: bool = False) -> Path:
     return out / "profile.json"
 
 
-def row(topo: str, rate: float, real: list[dict], sim: list[dict], one: list[dict], cores: list[float],
-        noisy_below: float) -> dict:  # fmt: skip
-    """Real vs simulated over the repeats the host left quiet (all of them, flagged, when none was)."""
+def row(topo: str, rate: float, runs: dict[str, list[dict]], cores: list[float], noisy_below: float) -> dict:
+    """Real vs simulated over the repeats the host left quiet (all of them, flagged, when none was).
+    ``runs`` maps ``real`` and each simulated kind (``SIM_KINDS``) to one summary per repeat."""
     quiet = [i for i, c in enumerate(cores) if c >= noisy_below] or list(range(len(cores)))
-    real, sim, one = [real[i] for i in quiet], [sim[i] for i in quiet], [one[i] for i in quiet]
+    runs = {kind: [values[i] for i in quiet] for kind, values in runs.items()}
     out = {"topology": topo, "rate": rate, "repeats": len(cores), "quiet_repeats": len(quiet),
            "noisy": all(c < noisy_below for c in cores), "free_cores": min(cores)}  # fmt: skip
     for name in METRICS:  # medians over repeats: one repeat hit by another tenant does not move them
-        r = [x[name] for x in real]
-        s = statistics.median(x[name] for x in sim)
+        r = [x[name] for x in runs["real"]]
+        s = statistics.median(x[name] for x in runs["sim"])
         out |= {f"real_{name}": statistics.median(r), f"real_{name}_min": min(r), f"real_{name}_max": max(r),
                 f"sim_{name}": s, f"err_{name}": s / statistics.median(r) - 1}  # fmt: skip
-    out["err_ttft_mean_one_profile"] = statistics.median(x["ttft_mean"] for x in one) / out["real_ttft_mean"] - 1
+        if "sim_cal" in runs:
+            c = statistics.median(x[name] for x in runs["sim_cal"])
+            out |= {f"cal_{name}": c, f"err_cal_{name}": c / statistics.median(r) - 1}
+    real_ttft = out["real_ttft_mean"]
+    out["err_ttft_mean_one_profile"] = (
+        statistics.median(x["ttft_mean"] for x in runs["sim_one_profile"]) / real_ttft - 1
+    )
+    if "sim_cal_one" in runs:
+        out["err_cal_one_ttft_mean"] = statistics.median(x["ttft_mean"] for x in runs["sim_cal_one"]) / real_ttft - 1
     return out
 
 
@@ -220,8 +256,37 @@ def write_tables(rows: list[dict], out: Path) -> None:
     errors["ttft_mean (one profile)"] = statistics.mean(abs(r["err_ttft_mean_one_profile"]) for r in quiet)
     lines += ["", f"Mean absolute error over the {len(quiet)} rows not dominated by noise: "
               + ", ".join(f"{m} {e:.0%}" for m, e in errors.items()), ""]  # fmt: skip
+    if all("cal_ttft_mean" in r for r in rows):
+        lines += calibrated_table(rows, quiet)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def calibrated_table(rows: list[dict], quiet: list[dict]) -> list[str]:
+    """The same runs simulated from the profile calibrated on each topology's calibration run, and on the
+    first topology's (``--calibrate``)."""
+    lines = ["", "Simulated from the calibrated profile (calibrated on one more run of the same topology at the "
+             f"lowest rate, seed {CALIBRATION_SEED}; the last column: calibrated on the first topology's run):", "",
+             "| topology | req/s | mean TTFT real / calibrated sim, err | p90 TTFT real / sim, err | mean TPOT real / "
+             "sim, err | median ITL real / sim, err | throughput real / sim, err | mean TTFT err, first topology's "
+             "calibration |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        cells = [f"{r[f'real_{m}']:.{d}f} / {r[f'cal_{m}']:.{d}f}{u}, {r[f'err_cal_{m}']:+.0%}"
+                 for m, d, u in (("ttft_mean", 1, " ms"), ("ttft_p90", 1, " ms"), ("tpot_mean", 3, " ms"),
+                                 ("itl_p50", 3, " ms"), ("throughput", 2, " req/s"))]  # fmt: skip
+        lines.append(f"| {r['topology']} | {r['rate']:g} | {' | '.join(cells)} | {r['err_cal_one_ttft_mean']:+.0%} |")
+    lines += ["", "Ranking by mean TTFT (best first), calibrated:", ""]
+    for rate in sorted({r["rate"] for r in rows}):
+        at = [r for r in rows if r["rate"] == rate]
+        real = [r["topology"] for r in sorted(at, key=lambda r: r["real_ttft_mean"])]
+        cal = [r["topology"] for r in sorted(at, key=lambda r: r["cal_ttft_mean"])]
+        lines.append(f"- {rate:g} req/s: real {' < '.join(real)}; sim {' < '.join(cal)}"
+                     f"{'' if real == cal else ' (differs)'}")  # fmt: skip
+    errors = {m: statistics.mean(abs(r[f"err_cal_{m}"]) for r in quiet) for m in METRICS}
+    errors["ttft_mean (first topology's calibration)"] = statistics.mean(abs(r["err_cal_one_ttft_mean"]) for r in quiet)
+    lines += ["", f"Mean absolute error, calibrated, over the {len(quiet)} rows not dominated by noise: "
+              + ", ".join(f"{m} {e:.0%}" for m, e in errors.items()), ""]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ COMMANDS = {
     "epd.bench.kv": ["transfer=VALUE", "tokens=VALUE", "reference"],
     "epd.bench.preprocess": ["--device", "host", "floor"],
     "epd.results": ["records.jsonl", "run_dir"],
+    "epd.profile": ["profile.json", "profile keys", "transfer_backends", "config groups"],
+    "epd.sim": ["profile=D/profile.json", "sim keys", "simulated", "fast_forward"],
+    "epd.sim.calibrate": ["profile=P run=RUN_DIR", "kv_transfer", "TPOT"],
+    "epd.plan": ["goodput per GPU", "plan keys", "gpu_budget"],
 }
 
 

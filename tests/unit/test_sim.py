@@ -108,6 +108,9 @@ def test_pd_split_adds_the_kv_transfer_before_the_second_token(tmp_path):
     assert split["e2e_ms"]["mean"] - whole["e2e_ms"]["mean"] == pytest.approx(kv * 1e3)
     ts = rows[0]["timestamps"]
     assert ts["kv_transfer_end"] - ts["kv_transfer_start"] == pytest.approx(kv)
+    assert (
+        rows[0]["kv_transfer_bytes"] == rows[0]["num_prompt_tokens"] * make_profile()["language"]["kv_bytes_per_token"]
+    )
 
 
 # ---- preemption, and runs of decode steps ------------------------------------------------------------

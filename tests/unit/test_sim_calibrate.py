@@ -1,0 +1,94 @@
+"""epd.sim.calibrate: a profile fitted to a run recovers the costs that run was made with.
+
+The "real" run here is itself simulated from a profile of round costs (A); calibration starts from a
+profile whose costs are off by known factors (B) and must find those factors and then reproduce A's
+results. A real run calibrates the same way (experiments/sim_validation runs it for real).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from epd.metrics.records import load_records
+from epd.profile.synthetic import make_profile
+from epd.sim.calibrate import calibrate, stage_means
+from epd.sim.costs import calibration_factors
+from tests.unit.test_sim import run_sim
+
+TRUE = dict(tokenize_s=0.002, fetch_s=0.010, preprocess_s=0.020, tower_s=0.030, prefill_s=0.040, decode_s=0.010,
+            latency_s=0.001, transfer_fixed_s=0.003, transfer_per_byte_s=1e-9)  # fmt: skip
+OFF = {"frontend": 2.0, "fetch": 0.5, "preprocess": 1.0, "tower": 3.0, "transfer": 0.25, "prefill": 0.5, "decode": 2.0}
+"""The true cost / profile B's cost of each kind of work."""
+PD_RUN = {"sim.encoders": 1, "sim.prefill": 1, "sim.decode": 1, "workload.num_requests": 30,
+          "workload.request_rate": 5.0, "workload.output_len": 16, "workload.image_count": 2}  # fmt: skip
+
+
+def off_profile() -> dict:
+    t = TRUE
+    return make_profile(tokenize_s=t["tokenize_s"] / OFF["frontend"], fetch_s=t["fetch_s"] / OFF["fetch"],
+                        preprocess_s=t["preprocess_s"], tower_s=t["tower_s"] / OFF["tower"],
+                        prefill_s=t["prefill_s"] / OFF["prefill"], decode_s=t["decode_s"] / OFF["decode"],
+                        latency_s=t["latency_s"], transfer_fixed_s=t["transfer_fixed_s"] / OFF["transfer"],
+                        transfer_per_byte_s=t["transfer_per_byte_s"] / OFF["transfer"])  # fmt: skip
+
+
+def test_calibration_recovers_the_factors_and_the_results(tmp_path):
+    real, _ = run_sim(tmp_path / "real", make_profile(**TRUE), **PD_RUN)
+    raw, _ = run_sim(tmp_path / "raw", off_profile(), **PD_RUN)
+    assert abs(raw["ttft_ms"]["mean"] / real["ttft_ms"]["mean"] - 1) > 0.1  # the off profile is visibly wrong
+
+    fitted = calibrate(off_profile(), tmp_path / "real" / "run", log=lambda _: None)
+    factors = fitted["calibration"]["factors"]
+    for kind, true in OFF.items():
+        assert factors[kind] == pytest.approx(true, rel=0.03), kind
+    # the KV cache moves over the same backend: its own factor, found from the kv_transfer stage
+    assert factors["kv_transfer"] == pytest.approx(OFF["transfer"], rel=0.05)
+
+    again, _ = run_sim(tmp_path / "cal", fitted, **PD_RUN)
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert again[key]["mean"] == pytest.approx(real[key]["mean"], rel=0.02), key
+
+
+def test_stage_means_of_a_run(tmp_path):
+    run_sim(tmp_path, make_profile(**TRUE), **{**PD_RUN, "workload.num_requests": 1, "workload.image_count": 1})
+    stages = stage_means(load_records(tmp_path / "run"))
+    assert stages["fetch"] == pytest.approx(TRUE["fetch_s"])
+    assert stages["preprocess"] == pytest.approx(TRUE["preprocess_s"])
+    assert stages["tower"] == pytest.approx(TRUE["tower_s"])
+    assert stages["prefill"] == pytest.approx(TRUE["prefill_s"])
+    # TPOT: the KV cache moves between the first token and the second, then 15 decode steps
+    assert stages["decode"] == pytest.approx((stages["kv_transfer"] + 15 * TRUE["decode_s"]) / 15)
+    assert stages["kv_transfer"] > TRUE["transfer_fixed_s"]
+    assert stages["frontend"] == pytest.approx(TRUE["tokenize_s"] + TRUE["latency_s"])
+
+
+def test_bad_factors_are_refused():
+    with pytest.raises(ValueError, match="unknown factor"):
+        calibration_factors({"calibration": {"factors": {"gpu": 2.0}}})
+    with pytest.raises(ValueError, match="fetch"):
+        calibration_factors({"calibration": {"factors": {"fetch": -1}}})
+    assert calibration_factors({})["tower"] == 1.0
+
+
+def test_cli_writes_a_calibrated_profile_and_names_a_bad_run(tmp_path):
+    run_sim(tmp_path / "real", make_profile(**TRUE), **{**PD_RUN, "workload.num_requests": 4})
+    prof = tmp_path / "off.json"
+    prof.write_text(json.dumps(off_profile()))
+    out = tmp_path / "cal.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "epd.sim.calibrate",
+        f"profile={prof}",
+        f"run={tmp_path / 'real' / 'run'}",
+        f"out={out}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["calibration"]["factors"]["tower"] == pytest.approx(3.0, rel=0.05)
+    bad = subprocess.run([*cmd[:4], f"run={tmp_path}", f"out={out}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no epd_config.json or results.json" in bad.stderr
