@@ -17,8 +17,8 @@ runs.
 
 Stages (seconds, means over the run's measured requests; a stage the run lacks keeps factor 1):
 
-    frontend      arrival to the request's dispatch (tokenize, probe; ``language_arrival`` or
-                  ``encode_queue_start``, whichever comes first)
+    frontend      arrival to the request's dispatch (tokenize, probe, the control message to the first
+                  rank that takes it in: ``language_arrival`` or ``encode_queue_start``) *
     fetch         an item's fetch and decode on a decode thread (``decode_ms``)
     preprocess    the processor after it (``preprocess_ms``, the processor lock's wait included)
     tower         one tower call (``tower_ms``, once per batch)
@@ -27,16 +27,19 @@ Stages (seconds, means over the run's measured requests; a stage the run lacks k
     kv_transfer   ``kv_transfer_start`` to ``kv_transfer_end`` (prefill/decode split) *
     decode        time per output token after the first (TPOT)
 
-* The two transfers end when the receiving rank's loop has taken them in, so each also holds the wait
-  for that loop's current step, which depends on how steps and arrivals happen to interleave, not on
-  the transfer's cost (a 1% change of the step time moves it from nothing to a whole step). For them
-  the statistic is the ``TRANSFER_QUANTILE`` quantile: the transfers that met an idle loop.
+* These end when a receiving rank's loop has taken the message in, so each also holds the wait for
+  that loop's current step, which depends on how steps and arrivals happen to interleave, not on the
+  work's cost (a 1% change of the step time moves it from nothing to a whole step). For them the
+  statistic is the ``TRANSFER_QUANTILE`` quantile: the messages that met an idle loop. Where a loop
+  is never idle (one language rank decoding all the time) even that quantile waits, the factor runs
+  into ``FACTOR_RANGE`` and the calibration says so (``clamped``, ``converged``: false).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -44,21 +47,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from epd.config import from_dict, to_dict
 from epd.metrics.records import RequestRecord, load_records
+from epd.sim.config import SimOptions
 from epd.sim.costs import CALIBRATED, calibration_factors
 
 USAGE = """usage: python -m epd.sim.calibrate profile=P run=RUN_DIR [out=OUT] [iterations=8] [tolerance=0.01] [sim.KEY=V ...]
        (installed: epd-sim-calibrate)
 """
 TRANSFER_QUANTILE = 0.2
-WAITS_ON_A_LOOP = ("transfer", "kv_transfer")
+WAITS_ON_A_LOOP = ("frontend", "transfer", "kv_transfer")
+MAX_STEP = 4.0
+"""At most this factor of change per pass."""
 FACTOR_RANGE = (0.05, 20.0)
 """Factors are clamped here: a stage 20x off its profile is a broken profile, not contention."""
 
 
 def stage_means(records: Sequence[RequestRecord]) -> dict[str, float]:
     """Seconds of each calibrated stage over the measured records (warm-up and failed ones left out): the
-    mean, or for the transfers the ``TRANSFER_QUANTILE`` quantile; a stage no record went through is absent."""
+    mean, or for the stages that wait on a loop the ``TRANSFER_QUANTILE`` quantile; a stage no record went
+    through is absent."""
     samples: dict[str, list[float]] = {kind: [] for kind in CALIBRATED}
     batches: set[tuple[Any, Any]] = set()
     for rec in records:
@@ -103,6 +111,7 @@ def _next_factor(factor: float, sim: float, real: float, before: tuple[float, fl
         slope = (sim - s0) / (factor - f0) if factor != f0 else 0.0
         if slope > 0:
             guess = factor + (real - sim) / slope
+    guess = min(factor * MAX_STEP, max(factor / MAX_STEP, guess))  # a noisy slope must not jump to a bound
     return min(hi, max(lo, guess))
 
 
@@ -170,32 +179,63 @@ def calibrate(
     if not real:
         raise ValueError(f"the run in {str(run_dir)!r} has no measured request with tokens: nothing to calibrate on")
     sim_overrides = dict(sim_overrides or {})
+    options = {  # every option the passes simulate with (JSON has no infinity)
+        k: None if isinstance(v, float) and math.isinf(v) else v
+        for k, v in to_dict(from_dict(SimOptions, sim_overrides, "sim")).items()
+    }
     out = copy.deepcopy(profile)
     factors = calibration_factors(profile)
     out.pop("calibration", None)
+    lo, hi = FACTOR_RANGE
     sim: dict[str, float] = {}
+    off: dict[str, float] = {}
+    converged = False
     last: dict[str, tuple[float, float]] = {}  # kind -> (factor, simulated stage) of the pass before
     for step in range(1, iterations + 1):
         out["calibration"] = {"factors": factors}
         sim = simulated_stages(run_config, out, sim_overrides, processor)
         kinds = [k for k in real if sim.get(k, 0.0) > 0]
         log(f"pass {step}: " + ", ".join(f"{k} {real[k] * 1e3:.3g}/{sim[k] * 1e3:.3g} ms" for k in kinds))
-        if all(abs(real[k] / sim[k] - 1.0) <= tolerance for k in kinds):
-            break
+        off = {k: real[k] / sim[k] for k in kinds if abs(real[k] / sim[k] - 1.0) > tolerance}
+        stuck = {k for k, r in off.items() if (factors[k] >= hi and r > 1) or (factors[k] <= lo and r < 1)}
+        converged = not off
+        if not off or set(off) == stuck or step == iterations:
+            break  # the factors kept are the ones this pass simulated
         new = dict(factors)
-        for k in kinds:
+        for k in off:
             new[k] = _next_factor(factors[k], sim[k], real[k], last.get(k))
             last[k] = (factors[k], sim[k])
         factors = new
+    clamped = sorted(k for k in off if factors[k] >= hi or factors[k] <= lo)
+    if not converged:
+        log(f"warning: not converged; still off by more than {tolerance:.0%}: "
+            + ", ".join(f"{k} (real / sim {r:.2f}{', factor clamped' if k in clamped else ''})" for k, r in off.items()))  # fmt: skip
     out["calibration"] = {
         "factors": {k: round(v, 4) for k, v in factors.items()},
+        "converged": converged,
+        "clamped": clamped,
         "run": str(run_dir.absolute()),
-        "sim": sim_overrides,
+        "sim": options,
         "real_stage_s": real,
         "sim_stage_s": sim,
-        "note": "a stage the run lacked keeps factor 1",
+        "note": "a stage the run lacked keeps factor 1; sim_stage_s is what these factors simulated",
     }
     return out
+
+
+def _value(text: str) -> Any:
+    """A ``sim.KEY=VALUE`` value as Hydra would read it: JSON (numbers, true/false, null, lists) or a plain
+    string (``none``, ``anticipate``); Python's True/False too."""
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            return float(text)  # .5, 1e3
+        except ValueError:
+            return text
+    return text if value is None else value
 
 
 def _parse(argv: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -209,7 +249,7 @@ def _parse(argv: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
         if not eq:
             raise ValueError(f"bad argument {arg!r}: pass key=value (profile=, run=, out=, iterations=, sim.*=)")
         if key.startswith("sim."):
-            sim[key[4:]] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+            sim[key[4:]] = _value(value)
         elif key in ("profile", "run", "out", "iterations", "tolerance"):
             args[key] = value
         else:

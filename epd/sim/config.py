@@ -17,6 +17,7 @@ ROLE_COUNTS = ("colocated", "encoders", "language", "prefill", "decode")
 TOKENIZE_MODES = ("auto", "exact", "words")
 TOKEN_TIMES = ("all", "ends", "auto")
 RECORDS = ("all", "none", "auto")
+CONTENTION = ("booked", "anticipate")
 
 
 @dataclass(kw_only=True)
@@ -68,6 +69,10 @@ class SimOptions:
     records: str = "auto"
     """Per-request records in results.json / records.jsonl: ``all``, ``none`` (the summary alone, still
     computed from every record), ``auto`` = all up to 100000 requests."""
+    contention: str = "anticipate"
+    """How work sharing a device (a GPU, a host's cores) is slowed (``epd.sim.events.Device``): ``booked``
+    = by the work already running when it starts; ``anticipate`` = also by the other workers' demand of
+    the moment before, expected to go on (time-slicing slows the work that started first too)."""
     fast_forward: bool = True
     """Run stretches of identical decode steps (same batch, nothing arriving, no block shortage) as
     one event; the language scheduler would decide exactly the same (tests check the equality)."""
@@ -85,6 +90,8 @@ class SimOptions:
             raise ValueError("sim.tp and sim.gpus_per_node must be >= 1")
         if self.tokenize not in TOKENIZE_MODES:
             raise ValueError(f"sim.tokenize={self.tokenize!r}: choose one of {', '.join(TOKENIZE_MODES)}")
+        if self.contention not in CONTENTION:
+            raise ValueError(f"sim.contention={self.contention!r}: choose one of {', '.join(CONTENTION)}")
         if self.records not in RECORDS:
             raise ValueError(f"sim.records={self.records!r}: choose one of {', '.join(RECORDS)}")
         if self.token_times not in TOKEN_TIMES:

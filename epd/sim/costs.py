@@ -14,15 +14,23 @@ Measured on one device (``epd.profile``); what one device cannot show is modelle
 - A profile's optional ``calibration`` section (``epd.sim.calibrate``: a real run of the job against its
   simulation) scales each kind of work by a factor: ``frontend`` (tokenize and probe), ``fetch``,
   ``preprocess``, ``tower``, ``transfer`` (embeddings), ``kv_transfer``, ``prefill`` and ``decode``
-  (the two parts of a step). What the profile measured alone, the calibration has seen inside a job.
+  (the two parts of a step; under tensor parallelism the compute, not the all-reduces). What the
+  profile measured alone, the calibration has seen inside a job. Between nodes only the transfer's
+  intra-node fixed part is scaled: the inter-node link is assumed, not measured.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from epd.profile.fit import Piecewise, evaluate, evaluate_features, intercept
 from epd.sim.config import SimOptions
+
+log = logging.getLogger("epd.sim")
+
+SHARING = ("num_gpus", "contention", "shared_host", "cpu_cores", "host_cores")
+"""Options that decide how work shares devices: a calibration holds for the values it was made with."""
 
 CALIBRATED = ("frontend", "fetch", "preprocess", "tower", "transfer", "kv_transfer", "prefill", "decode")
 """The kinds of work a profile's ``calibration.factors`` may scale (``epd.sim.calibrate``)."""
@@ -62,6 +70,12 @@ class CostModel:
         self.profile = profile
         self.model = profile["model"]
         self.factors = calibration_factors(profile)
+        made_with = (profile.get("calibration") or {}).get("sim") or {}
+        differ = [f"sim.{k}={getattr(opts, k)!r} (calibrated with {made_with[k]!r})" for k in SHARING
+                  if k in made_with and made_with[k] != getattr(opts, k)]  # fmt: skip
+        if differ:
+            log.warning("the profile's calibration was made with other sharing of devices: %s; its factors "
+                        "hold for the sharing they were fitted under", ", ".join(differ))  # fmt: skip
         lang = profile["language"]
         self.block_size = int(lang["block_size"])
         self._prefill = lang["prefill_s"]["fit"]

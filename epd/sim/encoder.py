@@ -72,19 +72,21 @@ class SimPool(Executor):
         self.costs = costs
         self.items = items
         self.host = host
-        self._threads = [0.0] * threads  # when each thread is free (a heap)
+        self._threads = [(0.0, i) for i in range(threads)]  # (when each thread is free, its index): a heap
         self._lock_free = 0.0
         self._pending: list[float] = []  # done_at of futures not yet done (a heap)
 
     def submit(self, fn, msg: EncodeItem, *args, **kwargs) -> SimFuture:  # noqa: ARG002 - the role's _decode
         item = self.items[msg.source]
         now = self.loop.now
-        start = max(now, heapq.heappop(self._threads))
-        fetched = start + self.host.run(start, self.costs.fetch_s(item.size))
+        free_at, thread = heapq.heappop(self._threads)
+        start = max(now, free_at)
+        owner = (id(self), thread)
+        fetched = start + self.host.run(start, self.costs.fetch_s(item.size), owner)
         begin = max(fetched, self._lock_free)
-        done = begin + self.host.run(begin, self.costs.preprocess_s(item.size))
+        done = begin + self.host.run(begin, self.costs.preprocess_s(item.size), owner)
         self._lock_free = done
-        heapq.heappush(self._threads, done)
+        heapq.heappush(self._threads, (done, thread))
         heapq.heappush(self._pending, done)
         stamps = {"fetch_start": start, "fetch_end": fetched, "preprocess_end": done}
         inp = MediaInput(modality=item.modality, data=item)
@@ -121,6 +123,8 @@ class SimTower(TowerEncoder):
         self._one = torch.zeros((1, 1), dtype=dtype)
         self._views: dict[tuple[int, ...], torch.Tensor] = {}  # broadcast views by shape, made once
         self.calls = 0
+        self.owner: object = self
+        """Who runs the tower calls on the device (the rank's process: ``Device`` contention)."""
 
     def set_preprocess_device(self, mode: str) -> None:  # noqa: ARG002 - the profile timed the processor where it ran
         self._device_preprocessor = None
@@ -132,7 +136,7 @@ class SimTower(TowerEncoder):
         by_modality: dict[str, list[int]] = {}
         for inp in inputs:
             by_modality.setdefault(inp.modality, []).append(inp.data.tokens)
-        self.loop.advance(self.device.run(self.loop.now, self.costs.tower_s(by_modality)))
+        self.loop.advance(self.device.run(self.loop.now, self.costs.tower_s(by_modality), self.owner))
         self.calls += 1
         return [self._encoded(inp.data) for inp in inputs]
 
@@ -168,10 +172,14 @@ def build_encoder_role(
     host: Device,
     modalities: tuple[str, ...],
     prompt: dict,
+    owner: object = None,
 ) -> tuple[EncoderRole, SimPool]:
-    """epd's ``EncoderRole`` over a simulated tower and decode pool."""
+    """epd's ``EncoderRole`` over a simulated tower and decode pool; ``owner``: the process whose GPU work
+    the tower calls are (a colocated rank's tower calls and engine steps take turns, never compete)."""
     dtype = torch.float32 if int(costs.model["dtype_bytes"]) == 4 else torch.bfloat16
     tower = SimTower(loop, costs, device, modalities, prompt["placeholder_ids"], prompt["pad_ids"], dtype)
+    if owner is not None:
+        tower.owner = owner
     pool = SimPool(loop, cfg.decode_threads, costs, items, host)
     role = EncoderRole(tower, media, cfg, scheduler, torch.device("cpu"), pool=pool)
     return role, pool

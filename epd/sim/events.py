@@ -60,17 +60,33 @@ class Device:
     ``max(w, (w + o) / capacity)``, where ``o`` is how much of the work already booked on the device
     falls within ``[now, now + w]``: the device shares its time among what runs at once (a long piece
     that overlaps a short one is barely slowed, two equal ones on one GPU take twice as long). Work
-    booked later does not stretch what started before it.
+    booked later does not stretch what started before it: durations are fixed when work starts,
+    because epd's own code, run on the simulated clock, moves that clock by them.
+
+    With ``anticipate`` (``sim.contention=anticipate``), work also expects the other owners' recent
+    demand to go on while it runs: ``w * (1 + rho) / capacity`` at least, where ``rho`` is the work
+    other owners ran in the last ``ANTICIPATE_WINDOWS * w`` (in device-seconds per second). Time-slicing
+    slows the work that started first as much as what joins it (a tower call among a language rank's
+    decode steps takes about twice its time on one GPU, and so does each step); booking alone charges
+    only the latecomers, which is why it is optimistic under load.
     """
 
-    def __init__(self, name: str, capacity: float = 1.0) -> None:
+    ANTICIPATE_WINDOWS = 2.0
+    HISTORY_S = 2.0
+    """Bookings kept for the demand estimate (seconds before ``now``)."""
+
+    def __init__(self, name: str, capacity: float = 1.0, anticipate: bool = False) -> None:
         self.name = name
         self.capacity = capacity
+        self.anticipate = anticipate
         self._booked: list[tuple[float, float]] = []  # (end, start) of work not yet over (a heap)
+        self._history: list[tuple[float, float, float, object]] = []  # (start, end, work, owner), recent
+        self._prune_at = 64
         self.busy_s = 0.0
 
-    def run(self, now: float, work_s: float) -> float:
-        """Duration of ``work_s`` seconds of profiled work starting at ``now`` (and book it)."""
+    def run(self, now: float, work_s: float, owner: object = None) -> float:
+        """Duration of ``work_s`` seconds of profiled work starting at ``now`` (and book it); ``owner``
+        names the thread or process doing it (its own earlier work does not slow it)."""
         if work_s <= 0:
             return 0.0
         booked = self._booked
@@ -79,9 +95,27 @@ class Device:
         until = now + work_s
         overlap = sum(max(0.0, min(end, until) - max(start, now)) for end, start in booked)
         duration = max(work_s, (work_s + overlap) / self.capacity)
+        if self.anticipate:
+            duration = max(duration, work_s * (1.0 + self._demand(now, work_s, owner)) / self.capacity)
+            self._history.append((now, now + duration, work_s, owner))
         heapq.heappush(booked, (now + duration, now))
         self.busy_s += work_s
         return duration
+
+    def _demand(self, now: float, work_s: float, owner: object) -> float:
+        """Device-seconds per second that owners other than ``owner`` ran in the window before ``now``."""
+        window = min(self.ANTICIPATE_WINDOWS * work_s, self.HISTORY_S)
+        since = now - window
+        history = self._history
+        if len(history) > self._prune_at:
+            self._history = history = [h for h in history if h[1] >= now - self.HISTORY_S]
+            self._prune_at = max(64, 2 * len(history))
+        busy = 0.0
+        for start, end, work, who in history:
+            if (owner is not None and who == owner) or end <= since or start >= now:
+                continue
+            busy += (min(end, now) - max(start, since)) * work / (end - start)
+        return busy / window
 
     def shared_at(self, now: float) -> bool:
         """Whether other work is running on the device at ``now``."""

@@ -110,7 +110,7 @@ class SimFrontend:
         costs = self.sim.costs
         work = costs.tokenize_s(len(req.prompt_ids)) + sum(costs.probe_s(it.size) for it in req.items)
         start = max(self.loop.now, self.free_at)
-        self.free_at = start + self.sim.host_of_frontend.run(start, work)
+        self.free_at = start + self.sim.host_of_frontend.run(start, work, self)
         self.loop.at(self.free_at, self._dispatch, tracked)
 
     def receive(self, handler: Callable, msg) -> None:
@@ -118,7 +118,7 @@ class SimFrontend:
         Tokens are stamped when they arrive, not after a tokenization the frontend may be in: the real
         frontend handles messages between submissions, which the simulator leaves out (it is at most one
         request's tokenize time, and it lets runs of decode steps deliver their tokens in one event)."""
-        self.sim.host_of_frontend.run(self.loop.now, self.sim.costs.recv_s)
+        self.sim.host_of_frontend.run(self.loop.now, self.sim.costs.recv_s, self)
         handler(msg)
 
     def _dispatch(self, tracked: Tracked) -> None:

@@ -79,6 +79,8 @@ class SimEngine:
         self.on_hand_off: Callable[[Sequence], None] | None = None  # prefill: where the KV cache goes
         self.steps = 0
         self.busy_s = 0.0
+        self.owner: object = self
+        """Who runs the steps on the device (the rank's process: ``Device`` contention)."""
         self.stalled = False
         """The last step found work it could not run (waiting for blocks that a message will free)."""
 
@@ -199,7 +201,7 @@ class SimEngine:
 
     def _work(self, seconds: float) -> None:
         self.busy_s += seconds
-        self.loop.advance(self.device.run(self.loop.now, seconds))
+        self.loop.advance(self.device.run(self.loop.now, seconds, self.owner))
 
     def _fail_errored(self) -> list[RequestOutput]:
         failed = [self.seqs[rid] for rid in self._errored if rid in self.seqs]

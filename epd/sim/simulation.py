@@ -73,27 +73,31 @@ class Simulation:
         self.on_cpu = hw["device"] == "cpu"
         opts = self.cfg.sim
         instances = self.topology.instances
+        anticipate = opts.contention == "anticipate"
         if self.on_cpu:  # what other tenants left free when the profile was taken, unless told
             cores = float(opts.cpu_cores or hw.get("effective_cores") or hw.get("cpu_count", 1))
         else:
             cores = float(opts.host_cores or hw.get("cpu_count", 16))
         if self.on_cpu and opts.shared_host:  # every rank, decode thread and the frontend share the host's cores
-            cpu = Device("cpu", cores)
+            cpu = Device("cpu", cores, anticipate)
             self.devices = dict.fromkeys((inst.leader for inst in instances), cpu)
             self.hosts = dict.fromkeys((inst.leader for inst in instances), cpu)
             self.host_of_frontend = cpu
         elif self.on_cpu:  # a cluster of profiled hosts, a rank on each (its decode threads share its host)
-            self.devices = {inst.leader: Device(f"cpu{inst.leader}", cores) for inst in instances}
+            self.devices = {inst.leader: Device(f"cpu{inst.leader}", cores, anticipate) for inst in instances}
             self.hosts = dict(self.devices)
-            self.host_of_frontend = Device("frontend", cores)
+            self.host_of_frontend = Device("frontend", cores, anticipate)
         else:  # GPUs, and per node one host's cores for the decode threads and the frontend
             gpus: dict[int, Device] = {}
             nodes: dict[int, Device] = {}
-            self.devices = {inst.leader: gpus.setdefault(inst.gpu, Device(f"gpu{inst.gpu}")) for inst in instances}
-            self.hosts = {
-                inst.leader: nodes.setdefault(inst.node, Device(f"host{inst.node}", cores)) for inst in instances
+            self.devices = {
+                inst.leader: gpus.setdefault(inst.gpu, Device(f"gpu{inst.gpu}", 1.0, anticipate)) for inst in instances
             }
-            self.host_of_frontend = nodes.setdefault(0, Device("host0", cores))
+            self.hosts = {
+                inst.leader: nodes.setdefault(inst.node, Device(f"host{inst.node}", cores, anticipate))
+                for inst in instances
+            }
+            self.host_of_frontend = nodes.setdefault(0, Device("host0", cores, anticipate))
         sharing: dict[int, int] = {}
         for dev in self.devices.values():
             sharing[id(dev)] = sharing.get(id(dev), 0) + 1
@@ -106,12 +110,13 @@ class Simulation:
         if inst.encodes:
             rank.encoder, rank.pool = build_encoder_role(
                 self.loop, self.costs, run.encoder, run.media, run.scheduler, self.items, device,
-                self.hosts[inst.leader], tuple(self.profile["model"]["modalities"]), prompt,
+                self.hosts[inst.leader], tuple(self.profile["model"]["modalities"]), prompt, owner=rank,
             )  # fmt: skip
         if inst.role != "encoder":
             capacity = self.costs.kv_capacity_tokens(inst.tp, run.engine.kv_tokens)
             rank.engine = SimEngine(self.loop, run.engine, self.costs, device, SimSide(prompt["placeholder_ids"]),
                                     capacity, inst.tp, inst.role)  # fmt: skip
+            rank.engine.owner = rank  # its steps and the rank's tower calls take turns on one loop
             if inst.role == "prefill":
                 rank.engine.on_hand_off = lambda seq, r=rank: self.hand_off(r, seq)
         rank.can_fast_forward = self.cfg.sim.fast_forward and self._alone[inst.leader]

@@ -20,7 +20,12 @@ the other tenants of this 2-core machine (a tiny decode step went 0.4 → 40 ms)
 On one GPU (the 7B shape, every rank sharing the GPU over shm; run by the lead on the device):
 
     python experiments/sim_validation/run.py --gpu --out $OUT/sim_validation --topologies colocated,1e1p,1e1p1d \
-        --profile P/profile.json --rates 1,2,4 --repeats 1
+        --profile P/profile.json --rates 1,2,4 --repeats 1 --calibrate
+
+``--calibrate``: per topology one more real run (the lowest rate, seed ``CALIBRATION_SEED``) on which the
+profile is calibrated (``python -m epd.sim.calibrate``); every run is simulated from it too.
+``--resimulate``: the real runs (and profiles) already under ``--out`` are kept; calibrations and
+simulations are done again with this tree's simulator (``--contention`` picks ``sim.contention``).
 """
 
 from __future__ import annotations
@@ -99,6 +104,9 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="rebuild the tables from the runs under --out")
     p.add_argument("--calibrate", action="store_true", help="per topology, one more real run (lowest rate, its own "
                    "seed) to calibrate the profile on; every run is simulated from the calibrated profile too")  # fmt: skip
+    p.add_argument("--resimulate", action="store_true", help="keep the real runs (and profiles) under --out; "
+                   "calibrate and simulate them again with this tree's simulator")  # fmt: skip
+    p.add_argument("--contention", default=None, help="sim.contention for every simulation (default: epd.sim's)")
     args = p.parse_args()
     if args.table_only:
         return rebuild(args)
@@ -109,7 +117,12 @@ def main() -> None:
     py = sys.executable
     rows, first, first_cal = [], args.profile, None
     for topo in args.topologies.split(","):
-        profile = args.profile or take_profile(py, args.out / "profiles" / topo, args.gpu)
+        if args.profile:
+            profile = args.profile
+        elif args.resimulate:
+            profile = args.out / "profiles" / topo / "profile.json"
+        else:
+            profile = take_profile(py, args.out / "profiles" / topo, args.gpu)
         first = first or profile
         profiles = {"sim": profile, "sim_one_profile": first}
         if args.calibrate:
@@ -121,17 +134,23 @@ def main() -> None:
             for rep in range(args.repeats):
                 tag = f"{topo}_r{rate:g}_{rep}"
                 over = overrides(args, topo, rate, rep)
-                before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
-                run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
-                    args.out / "real" / tag / "job.log")  # fmt: skip
-                cores.append(min(before, effective_cores()["effective_cores"]))
-                record_cores(args.out, tag, cores[-1])
+                if args.resimulate:
+                    if not (args.out / "real" / tag / "results.json").is_file():
+                        continue
+                    cores.append(json.loads((args.out / "cores.json").read_text())[tag])
+                else:
+                    before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
+                    run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args), *over],
+                        args.out / "real" / tag / "job.log")  # fmt: skip
+                    cores.append(min(before, effective_cores()["effective_cores"]))
+                    record_cores(args.out, tag, cores[-1])
                 for kind, prof in profiles.items():
                     simulate(py, args, args.out / kind / tag, prof, over)
                 for kind in runs:
                     runs[kind].append(summary(args.out / kind / tag))
                 print(f"{tag}: free cores {cores[-1]:.2f}  real {runs['real'][-1]}  sim {runs['sim'][-1]}", flush=True)
-            rows.append(row(topo, rate, runs, cores, args.noisy_below))
+            if cores:
+                rows.append(row(topo, rate, runs, cores, args.noisy_below))
             write_tables(rows, args.out)  # after every row: a run cut short keeps what it measured
 
 
@@ -140,9 +159,15 @@ def overrides(args, topo: str, rate: float, seed: int) -> list[str]:
             f"workload.request_rate={rate}", f"workload.seed={seed}", "logger.quiet=true"]  # fmt: skip
 
 
+def sim_options(args) -> list[str]:
+    return [
+        *(["sim.num_gpus=1"] if args.gpu else []),
+        *([f"sim.contention={args.contention}"] if args.contention else []),
+    ]
+
+
 def simulate(py: str, args, out: Path, profile: Path, over: list[str]) -> None:
-    run([py, "-m", "epd.sim", f"hydra.run.dir={out}", f"profile={profile}", *over, *(["sim.num_gpus=1"] if args.gpu else [])],
-        out / "job.log")  # fmt: skip
+    run([py, "-m", "epd.sim", f"hydra.run.dir={out}", f"profile={profile}", *over, *sim_options(args)], out / "job.log")
 
 
 def calibrate(py: str, args, topo: str, profile: Path) -> Path:
@@ -150,12 +175,14 @@ def calibrate(py: str, args, topo: str, profile: Path) -> Path:
     the profile calibrated on it (``python -m epd.sim.calibrate``)."""
     rate = min(float(r) for r in args.rates.split(","))
     tag = f"{topo}_calibration"
-    wait_for_quiet(args.quiet_cores, args.max_wait_s)
-    run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args),
-         *overrides(args, topo, rate, CALIBRATION_SEED)], args.out / "real" / tag / "job.log")  # fmt: skip
+    if not args.resimulate:
+        before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
+        run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args),
+             *overrides(args, topo, rate, CALIBRATION_SEED)], args.out / "real" / tag / "job.log")  # fmt: skip
+        record_cores(args.out, tag, min(before, effective_cores()["effective_cores"]))
     out = args.out / "profiles" / topo / "calibrated.json"
     run([py, "-m", "epd.sim.calibrate", f"profile={profile}", f"run={args.out / 'real' / tag}", f"out={out}",
-         *(["sim.num_gpus=1"] if args.gpu else [])], args.out / "profiles" / topo / "calibrate.log")  # fmt: skip
+         *sim_options(args)], args.out / "profiles" / topo / "calibrate.log")  # fmt: skip
     return out
 
 

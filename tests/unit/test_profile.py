@@ -70,3 +70,29 @@ def test_data_plane_and_parallel(profile):
     assert control["latency_s"] > 0 and control["send_s"] > 0 and control["poll_s"] > 0
     parallel = profile["parallel"]
     assert parallel["source"].startswith("measured") and parallel["allreduce_bw_bytes_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_calibrate_on_a_real_run(profile, tmp_path):
+    """A real tiny 1e1p1d job, then ``python -m epd.sim.calibrate`` on it: every stage it went through gets a
+    factor, and the calibrated simulation of that same run matches its stages (or says which it cannot)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "epd.run", "+topology=1e1p1d", "device=cpu", f"hydra.run.dir={run}", "logger.quiet=true",
+           "workload.num_requests=8", "workload.warmup_requests=1", "workload.request_rate=8", "workload.output_len=8"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    out = tmp_path / "calibrated.json"
+    cmd = [sys.executable, "-m", "epd.sim.calibrate", f"profile={path}", f"run={run}", f"out={out}"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cal = load_profile(out)["calibration"]
+    assert set(cal["real_stage_s"]) == {"frontend", "fetch", "preprocess", "tower", "transfer", "prefill",
+                                        "kv_transfer", "decode"}  # fmt: skip
+    assert all(f > 0 for f in cal["factors"].values()) and cal["run"] == str(run)
+    for kind, real in cal["real_stage_s"].items():
+        if kind not in cal["clamped"]:
+            assert cal["sim_stage_s"][kind] == pytest.approx(real, rel=0.05 if cal["converged"] else 0.5), kind
+    assert "factors:" in done.stdout and str(out) in done.stdout

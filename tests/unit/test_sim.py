@@ -169,3 +169,23 @@ def test_prefilled_requests_wait_on_the_decode_side_for_blocks(tmp_path):
     waits = sorted(r["token_times"][1] - r["timestamps"]["kv_transfer_end"] for r in rows)
     assert waits[0] < 0.02  # the first ones found blocks at once (one decode step, ~5 ms)
     assert waits[-1] > 0.3  # later ones waited for two requests' worth of decode (~31 steps each) or more
+
+
+# ---- how shared devices slow work -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anticipate, tower_s", [(False, 0.04), (True, 0.08)])
+def test_time_slicing_slows_the_work_that_started_first_too(anticipate, tower_s):
+    """A language rank steps back to back (10 ms each) on one GPU; another process's 40 ms tower call then
+    starts. Time-slicing gives each half the GPU: the tower takes 80 ms and each step during it 20 ms.
+    ``booked`` charges only the steps; ``anticipate`` expects the steps to go on and charges the tower too."""
+    from epd.sim.events import Device
+
+    gpu, engine, tower = Device("gpu0", 1.0, anticipate), object(), object()
+    now = 0.0
+    for _ in range(10):
+        now += gpu.run(now, 0.01, engine)
+    assert now == pytest.approx(0.1)  # one process alone: its own earlier steps never slow it
+    assert gpu.run(now, 0.04, tower) == pytest.approx(tower_s)
+    assert gpu.run(now, 0.01, engine) == pytest.approx(0.02)
+    assert Device("gpu1", 1.0, anticipate).run(0.0, 0.04, tower) == pytest.approx(0.04)  # nothing else ran

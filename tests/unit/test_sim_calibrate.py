@@ -15,13 +15,13 @@ import pytest
 
 from epd.metrics.records import load_records
 from epd.profile.synthetic import make_profile
-from epd.sim.calibrate import calibrate, stage_means
+from epd.sim.calibrate import FACTOR_RANGE, _parse, calibrate, stage_means
 from epd.sim.costs import calibration_factors
 from tests.unit.test_sim import run_sim
 
 TRUE = dict(tokenize_s=0.002, fetch_s=0.010, preprocess_s=0.020, tower_s=0.030, prefill_s=0.040, decode_s=0.010,
             latency_s=0.001, transfer_fixed_s=0.003, transfer_per_byte_s=1e-9)  # fmt: skip
-OFF = {"frontend": 2.0, "fetch": 0.5, "preprocess": 1.0, "tower": 3.0, "transfer": 0.25, "prefill": 0.5, "decode": 2.0}
+OFF = {"frontend": 2.0, "fetch": 0.5, "preprocess": 1.5, "tower": 3.0, "transfer": 0.25, "prefill": 0.5, "decode": 2.0}
 """The true cost / profile B's cost of each kind of work."""
 PD_RUN = {"sim.encoders": 1, "sim.prefill": 1, "sim.decode": 1, "workload.num_requests": 30,
           "workload.request_rate": 5.0, "workload.output_len": 16, "workload.image_count": 2}  # fmt: skip
@@ -30,7 +30,7 @@ PD_RUN = {"sim.encoders": 1, "sim.prefill": 1, "sim.decode": 1, "workload.num_re
 def off_profile() -> dict:
     t = TRUE
     return make_profile(tokenize_s=t["tokenize_s"] / OFF["frontend"], fetch_s=t["fetch_s"] / OFF["fetch"],
-                        preprocess_s=t["preprocess_s"], tower_s=t["tower_s"] / OFF["tower"],
+                        preprocess_s=t["preprocess_s"] / OFF["preprocess"], tower_s=t["tower_s"] / OFF["tower"],
                         prefill_s=t["prefill_s"] / OFF["prefill"], decode_s=t["decode_s"] / OFF["decode"],
                         latency_s=t["latency_s"], transfer_fixed_s=t["transfer_fixed_s"] / OFF["transfer"],
                         transfer_per_byte_s=t["transfer_per_byte_s"] / OFF["transfer"])  # fmt: skip
@@ -42,6 +42,7 @@ def test_calibration_recovers_the_factors_and_the_results(tmp_path):
     assert abs(raw["ttft_ms"]["mean"] / real["ttft_ms"]["mean"] - 1) > 0.1  # the off profile is visibly wrong
 
     fitted = calibrate(off_profile(), tmp_path / "real" / "run", log=lambda _: None)
+    assert fitted["calibration"]["converged"] is True and fitted["calibration"]["clamped"] == []
     factors = fitted["calibration"]["factors"]
     for kind, true in OFF.items():
         assert factors[kind] == pytest.approx(true, rel=0.03), kind
@@ -62,8 +63,35 @@ def test_stage_means_of_a_run(tmp_path):
     assert stages["prefill"] == pytest.approx(TRUE["prefill_s"])
     # TPOT: the KV cache moves between the first token and the second, then 15 decode steps
     assert stages["decode"] == pytest.approx((stages["kv_transfer"] + 15 * TRUE["decode_s"]) / 15)
-    assert stages["kv_transfer"] > TRUE["transfer_fixed_s"]
+    kv_bytes = rows_of(tmp_path)[0]["kv_transfer_bytes"]
+    assert kv_bytes > 0
+    assert stages["kv_transfer"] == pytest.approx(TRUE["transfer_fixed_s"] + kv_bytes * TRUE["transfer_per_byte_s"])
     assert stages["frontend"] == pytest.approx(TRUE["tokenize_s"] + TRUE["latency_s"])
+
+
+def rows_of(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "run" / "records.jsonl").read_text().splitlines()]
+
+
+def test_a_stage_the_profile_cannot_reach_is_reported_clamped(tmp_path):
+    """A tower 100x slower than profiled: the factor stops at FACTOR_RANGE's top and says so."""
+    run_sim(tmp_path / "real", make_profile(**{**TRUE, "tower_s": 3.0}), **{**PD_RUN, "workload.num_requests": 4})
+    logs: list[str] = []
+    fitted = calibrate(make_profile(**TRUE), tmp_path / "real" / "run", log=logs.append)
+    cal = fitted["calibration"]
+    assert cal["converged"] is False and cal["clamped"] == ["tower"]
+    assert cal["factors"]["tower"] == FACTOR_RANGE[1]
+    assert "not converged" in logs[-1] and "tower" in logs[-1]
+    assert len(logs) < 9  # it stops once only the clamped stage is off, not after every pass
+
+
+def test_cli_values_read_as_hydra_would():
+    _, sim = _parse(["profile=p", "run=r", "sim.num_gpus=1", "sim.records=none", "sim.contention=anticipate",
+                     "sim.fast_forward=False", "sim.cpu_cores=.5", "sim.shared_host=true", "sim.tokenize=exact"])  # fmt: skip
+    assert sim == {"num_gpus": 1, "records": "none", "contention": "anticipate", "fast_forward": False,
+                   "cpu_cores": 0.5, "shared_host": True, "tokenize": "exact"}  # fmt: skip
+    with pytest.raises(ValueError, match="profile=, run="):
+        _parse(["profile=p", "run=r", "speed=2"])
 
 
 def test_bad_factors_are_refused():
