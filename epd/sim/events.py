@@ -74,6 +74,10 @@ class Device:
     ANTICIPATE_WINDOWS = 2.0
     HISTORY_S = 2.0
     """Bookings kept for the demand estimate (seconds before ``now``)."""
+    OUT_OF_ORDER_S = 0.5
+    """How much earlier than the bookings after it a booking may start (a handler's work starts at its
+    event's time, inside another's stretch; decode threads book a little ahead): the scan of the
+    history, newest first, stops this far before the window."""
 
     def __init__(self, name: str, capacity: float = 1.0, anticipate: bool = False) -> None:
         self.name = name
@@ -82,6 +86,7 @@ class Device:
         self._booked: list[tuple[float, float]] = []  # (end, start) of work not yet over (a heap)
         self._history: list[tuple[float, float, float, object]] = []  # (start, end, work, owner), recent
         self._prune_at = 64
+        self._owners: set[object] = set()
         self.busy_s = 0.0
 
     def run(self, now: float, work_s: float, owner: object = None) -> float:
@@ -96,7 +101,9 @@ class Device:
         overlap = sum(max(0.0, min(end, until) - max(start, now)) for end, start in booked)
         duration = max(work_s, (work_s + overlap) / self.capacity)
         if self.anticipate:
-            duration = max(duration, work_s * (1.0 + self._demand(now, work_s, owner)) / self.capacity)
+            if owner is None or self._owners - {owner}:  # one owner alone (a GPU per rank) has no one to wait for
+                duration = max(duration, work_s * (1.0 + self._demand(now, work_s, owner)) / self.capacity)
+            self._owners.add(owner)
             self._history.append((now, now + duration, work_s, owner))
         heapq.heappush(booked, (now + duration, now))
         self.busy_s += work_s
@@ -111,7 +118,10 @@ class Device:
             self._history = history = [h for h in history if h[1] >= now - self.HISTORY_S]
             self._prune_at = max(64, 2 * len(history))
         busy = 0.0
-        for start, end, work, who in history:
+        oldest = since - self.OUT_OF_ORDER_S
+        for start, end, work, who in reversed(history):
+            if start < oldest:
+                break
             if (owner is not None and who == owner) or end <= since or start >= now:
                 continue
             busy += (min(end, now) - max(start, since)) * work / (end - start)
