@@ -29,6 +29,7 @@ from epd.sim.config import SimOptions
 
 log = logging.getLogger("epd.sim")
 
+_WARNED: set[str] = set()
 SHARING = ("num_gpus", "contention", "shared_host", "cpu_cores", "host_cores")
 """Options that decide how work shares devices: a calibration holds for the values it was made with."""
 
@@ -73,7 +74,8 @@ class CostModel:
         made_with = (profile.get("calibration") or {}).get("sim") or {}
         differ = [f"sim.{k}={getattr(opts, k)!r} (calibrated with {made_with[k]!r})" for k in SHARING
                   if k in made_with and made_with[k] != getattr(opts, k)]  # fmt: skip
-        if differ:
+        if differ and ", ".join(differ) not in _WARNED:  # once per process (epd.plan simulates many shapes)
+            _WARNED.add(", ".join(differ))
             log.warning("the profile's calibration was made with other sharing of devices: %s; its factors "
                         "hold for the sharing they were fitted under", ", ".join(differ))  # fmt: skip
         lang = profile["language"]

@@ -120,3 +120,19 @@ def test_cli_writes_a_calibrated_profile_and_names_a_bad_run(tmp_path):
     assert json.loads(out.read_text())["calibration"]["factors"]["tower"] == pytest.approx(3.0, rel=0.05)
     bad = subprocess.run([*cmd[:4], f"run={tmp_path}", f"out={out}"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no epd_config.json or results.json" in bad.stderr
+
+
+def test_a_calibration_used_with_other_device_sharing_warns_once(caplog):
+    from epd.sim.config import SimOptions
+    from epd.sim.costs import CostModel
+
+    profile = make_profile()
+    profile["calibration"] = {"factors": {"decode": 1.5}, "sim": {"num_gpus": 1, "contention": "anticipate"}}
+    backend = next(iter(profile["transfer"]))
+    with caplog.at_level("WARNING", logger="epd.sim"):
+        CostModel(profile, SimOptions(num_gpus=1), backend)  # as calibrated: nothing to say
+        assert not caplog.records
+        for _ in range(3):
+            costs = CostModel(profile, SimOptions(num_gpus=8), backend)
+    assert len(caplog.records) == 1 and "sim.num_gpus=8 (calibrated with 1)" in caplog.records[0].getMessage()
+    assert costs.factors["decode"] == 1.5 and costs.factors["tower"] == 1.0
