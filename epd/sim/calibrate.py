@@ -225,9 +225,11 @@ def calibrate(
 
 def _value(text: str) -> Any:
     """A ``sim.KEY=VALUE`` value as Hydra would read it: JSON (numbers, true/false, null, lists) or a plain
-    string (``none``, ``anticipate``); Python's True/False too."""
+    string (``none``, ``anticipate``); Python's True/False too; ``null`` is None."""
     if text in ("True", "False"):
         return text == "True"
+    if text.lower() == "null":
+        return None
     try:
         value = json.loads(text)
     except ValueError:
@@ -235,7 +237,7 @@ def _value(text: str) -> Any:
             return float(text)  # .5, 1e3
         except ValueError:
             return text
-    return text if value is None else value
+    return value
 
 
 def _parse(argv: list[str]) -> tuple[dict[str, str], dict[str, Any]]:

@@ -87,9 +87,10 @@ def test_a_stage_the_profile_cannot_reach_is_reported_clamped(tmp_path):
 
 def test_cli_values_read_as_hydra_would():
     _, sim = _parse(["profile=p", "run=r", "sim.num_gpus=1", "sim.records=none", "sim.contention=anticipate",
-                     "sim.fast_forward=False", "sim.cpu_cores=.5", "sim.shared_host=true", "sim.tokenize=exact"])  # fmt: skip
+                     "sim.fast_forward=False", "sim.cpu_cores=.5", "sim.shared_host=true", "sim.tokenize=exact",
+                     "sim.host_cores=null"])  # fmt: skip
     assert sim == {"num_gpus": 1, "records": "none", "contention": "anticipate", "fast_forward": False,
-                   "cpu_cores": 0.5, "shared_host": True, "tokenize": "exact"}  # fmt: skip
+                   "cpu_cores": 0.5, "shared_host": True, "tokenize": "exact", "host_cores": None}  # fmt: skip
     with pytest.raises(ValueError, match="profile=, run="):
         _parse(["profile=p", "run=r", "speed=2"])
 
