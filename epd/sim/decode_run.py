@@ -99,7 +99,11 @@ def commit(run: DecodeRun, upto: int) -> range:
         seq.token_ids += [0] * k
         engine.blocks.computed(seq)
     engine.steps += k
-    engine.busy_s += sum(run.works[first:upto])
+    work = float(sum(run.works[first:upto]))
+    engine.busy_s += work
+    device = engine.device  # the steps' device is the engine's alone here: book them there in one sum
+    device.busy_s += work
+    device.busy_by[engine.owner] = device.busy_by.get(engine.owner, 0.0) + work
     run.done = upto
     return range(first, upto)
 

@@ -88,6 +88,8 @@ class Device:
         self._prune_at = 64
         self._owners: set[object] = set()
         self.busy_s = 0.0
+        self.busy_by: dict[object, float] = {}
+        """Profiled work booked per owner (seconds): what each thread or process asks of the device."""
 
     def run(self, now: float, work_s: float, owner: object = None) -> float:
         """Duration of ``work_s`` seconds of profiled work starting at ``now`` (and book it); ``owner``
@@ -107,6 +109,7 @@ class Device:
             self._history.append((now, now + duration, work_s, owner))
         heapq.heappush(booked, (now + duration, now))
         self.busy_s += work_s
+        self.busy_by[owner] = self.busy_by.get(owner, 0.0) + work_s
         return duration
 
     def _demand(self, now: float, work_s: float, owner: object) -> float:

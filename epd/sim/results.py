@@ -45,6 +45,7 @@ def summarize_sim(cfg: SimRunConfig, sim, records: list, facts: dict) -> dict:
         "wall_s": facts["wall_s"],
         "cpu_s": facts["cpu_s"],
         "workload_build_s": facts["build_s"],
+        "work_s": {dev: dict(sorted(per.items())) for dev, per in facts.get("work_s", {}).items()},
         "notes": notes,
     }
     return summary

@@ -226,6 +226,25 @@ class Simulation:
         """A decode instance tells the prefill side its free KV blocks (after each of its turns)."""
         self.decode_policy.load.report(rank.inst.leader, rank.engine.blocks.num_free)
 
+    def work_by_process(self) -> dict[str, dict[str, float]]:
+        """Profiled work booked so far, per device and per process (``rankN``: its loop, tower, engine steps
+        and decode threads; ``frontend``), in seconds."""
+        labels: dict[object, str] = {self.frontend: "frontend"} if self.frontend is not None else {}
+        pools: dict[int, str] = {}
+        for leader, rank in self.ranks.items():
+            labels[rank] = f"rank{leader}"
+            if rank.pool is not None:
+                pools[id(rank.pool)] = f"rank{leader}"
+        devices = {id(d): d for d in (*self.devices.values(), *self.hosts.values(), self.host_of_frontend)}
+        out: dict[str, dict[str, float]] = {}
+        for dev in devices.values():
+            per = out.setdefault(dev.name, {})
+            for owner, work in dev.busy_by.items():
+                # (id(pool), thread): a decode thread of a rank's process
+                label = pools.get(owner[0], "other") if isinstance(owner, tuple) else labels.get(owner, "other")
+                per[label] = per.get(label, 0.0) + work
+        return out
+
     # ---- the run ----------------------------------------------------------------------------------------
 
     def requests(self) -> list[SimRequest]:
@@ -255,15 +274,19 @@ class Simulation:
 
         def measured() -> None:
             facts["start"] = self.loop.now
+            facts["work_before"] = self.work_by_process()
             facts["driver"] = self.frontend.play([r for r in requests if not r.req.warmup], then=finished)
 
         def finished() -> None:
             facts["end"] = self.loop.now
+            facts["work_s"] = _minus(self.work_by_process(), facts.pop("work_before", {}))
 
         with clock.installed(self.loop):
             self.frontend.play([r for r in requests if r.req.warmup], then=measured)
             self.loop.run(until=self.horizon)
         records = list(self.frontend.records)
+        if "work_s" not in facts:
+            facts["work_s"] = _minus(self.work_by_process(), facts.pop("work_before", {}))
         if "end" not in facts:  # stopped early
             facts.setdefault("start", 0.0)
             facts.setdefault("driver", self.frontend.driver)
@@ -272,6 +295,10 @@ class Simulation:
         facts.update(all_token_times=all_times, events=self.loop.events, wall_s=time.perf_counter() - wall,
                      cpu_s=time.process_time() - cpu, build_s=build_s)  # fmt: skip
         return records, facts
+
+
+def _minus(after: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {dev: {k: v - before.get(dev, {}).get(k, 0.0) for k, v in per.items()} for dev, per in after.items()}
 
 
 def _media_dir(run) -> Any:

@@ -51,6 +51,26 @@ def test_one_request_colocated_ttft_is_the_sum_of_the_stages(tmp_path):
     assert rows[0]["num_prompt_tokens"] == 14 + 32 + 5 + IMAGE_360P_TOKENS + 2  # template, words, span
 
 
+def test_work_booked_per_process(tmp_path):
+    """results.json's ``sim.work_s``: the profiled work of the measured phase, per device and process."""
+    c = COSTS
+    summary, _ = run_sim(tmp_path, make_profile(**COSTS), **one_request())
+    work = summary["sim"]["work_s"]["cpu"]  # a CPU profile: every process shares one host's cores
+    assert work["rank0"] == pytest.approx(
+        c["fetch_s"] + c["preprocess_s"] + c["tower_s"] + c["prefill_s"] + 15 * c["decode_s"]
+    )
+    assert work["frontend"] == pytest.approx(c["tokenize_s"])  # make_profile's control messages cost nothing
+    split, _ = run_sim(tmp_path / "s", make_profile(**COSTS), **one_request(**{"sim.encoders": 1, "sim.language": 1}))
+    work = split["sim"]["work_s"]["cpu"]
+    assert work["rank0"] == pytest.approx(c["fetch_s"] + c["preprocess_s"] + c["tower_s"])
+    assert work["rank1"] == pytest.approx(c["prefill_s"] + 15 * c["decode_s"])
+    # a GPU profile: the decode steps run fast-forwarded (a GPU to itself) and are booked all the same
+    gpu, _ = run_sim(tmp_path / "g", make_profile(**COSTS, device="cuda"), **one_request())
+    work = gpu["sim"]["work_s"]
+    assert work["gpu0"] == pytest.approx({"rank0": c["tower_s"] + c["prefill_s"] + 15 * c["decode_s"]})
+    assert work["host0"] == pytest.approx({"rank0": c["fetch_s"] + c["preprocess_s"], "frontend": c["tokenize_s"]})
+
+
 def test_one_request_1e1p_adds_the_embeddings_transfer(tmp_path):
     per_byte = 1e-9
     profile = make_profile(**COSTS, transfer_fixed_s=0.003, transfer_per_byte_s=per_byte, hidden_size=64, dtype_bytes=2)

@@ -53,3 +53,16 @@ def test_cli_refuses_a_missing_profile(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'kernels'}", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "python -m epd.profile" in done.stderr
+
+
+def test_every_sim_option_can_be_set_on_the_command_line():
+    """sim.yaml declares every ``SimOptions`` field (Hydra refuses a key its struct lacks)."""
+    import dataclasses
+
+    import yaml
+
+    from epd.sim.config import SimOptions
+
+    declared = yaml.safe_load((REPO / "epd" / "conf" / "sim.yaml").read_text())["sim"]
+    assert sorted(f.name for f in dataclasses.fields(SimOptions)) == sorted(declared)
+    assert SimOptions(**{k: v for k, v in declared.items() if k != "max_sim_s"}) == SimOptions()  # same defaults
