@@ -7,6 +7,7 @@ from typing import Any
 
 from epd.profile.schema import load_profile
 from epd.sim.config import SimOptions, SimRunConfig, build_sim_config
+from epd.sim.costs import calibration_points
 from epd.sim.results import summarize_sim, write_results
 from epd.sim.simulation import Simulation, load_processor
 
@@ -14,9 +15,20 @@ from epd.sim.simulation import Simulation, load_processor
 def simulate(cfg: SimRunConfig, profile: dict | None = None, processor: Any = None, write: bool = True) -> dict:
     """Simulate the run ``cfg`` describes; return its summary (and write results.json unless ``write`` is False)."""
     profile = profile or load_profile(cfg.profile)
-    sim = Simulation(cfg, profile, processor)
+    load = None
+    if calibration_points(profile):  # factors that move with the load: first, how busy is this run?
+        alone = {k: v for k, v in profile.items() if k != "calibration"}
+        first = Simulation(cfg, alone, processor)
+        _, first_facts = first.run()
+        load = first.peak_utilisation(first_facts)
+    sim = Simulation(cfg, profile, processor, load)
     records, facts = sim.run()
     summary = summarize_sim(cfg, sim, records, facts)
+    if load is not None:
+        summary["sim"]["calibration"] = {
+            "load": load,
+            "factors": {k: round(v, 4) for k, v in sim.costs.factors.items()},
+        }
     if write:
         write_results(cfg, sim, records, summary)
     return summary

@@ -12,8 +12,13 @@ simulation is repeated with the factors until every stage is within ``tolerance`
 sharing move with the factors, so one pass is not enough). The result is the profile with a
 ``calibration`` section (``factors``, the run it came from, the real and simulated stage means of
 the last pass), which ``epd.sim`` / ``epd.plan`` apply (``epd.sim.costs``). Calibrate on one run
-(a low rate, its own seed), then simulate the others: that is the test ``experiments/sim_validation``
-runs.
+(its own seed), then simulate the others: that is the test ``experiments/sim_validation`` runs.
+
+A calibration holds for the load it saw (on a small host the in-job costs grow with load). Given
+several runs (``run=A,B``: e.g. the lowest and the highest rate you will plan for), each is
+calibrated apart and kept with its load (``calibration.points``: the busiest device's utilisation
+in that run simulated from the profile alone); ``epd.sim`` then finds the load of the run it
+simulates the same way and takes the factors on the straight line between the points around it.
 
 Stages (seconds, means over the run's measured requests; a stage the run lacks keeps factor 1):
 
@@ -52,7 +57,7 @@ from epd.metrics.records import RequestRecord, load_records
 from epd.sim.config import SimOptions
 from epd.sim.costs import CALIBRATED, calibration_factors
 
-USAGE = """usage: python -m epd.sim.calibrate profile=P run=RUN_DIR [out=OUT] [iterations=8] [tolerance=0.01] [sim.KEY=V ...]
+USAGE = """usage: python -m epd.sim.calibrate profile=P run=RUN_DIR[,RUN_DIR...] [out=OUT] [iterations=8] [tolerance=0.01] [sim.KEY=V ...]
        (installed: epd-sim-calibrate)
 """
 TRANSFER_QUANTILE = 0.2
@@ -147,6 +152,56 @@ def simulated_stages(run_config: dict, profile: dict, sim_overrides: dict, proce
         cfg = _sim_config(run_config, str(path), sim_overrides, str(Path(tmp) / "run"))
         records, _ = Simulation(cfg, profile, processor).run()
     return stage_means(records)
+
+
+def simulated_load(run_config: dict, profile: dict, sim_overrides: dict, processor: Any = None) -> float:
+    """How busy the run's busiest device is, simulated from ``profile`` (``Simulation.peak_utilisation``)."""
+    from epd.sim import Simulation
+
+    with tempfile.TemporaryDirectory(prefix="epd-calibrate-") as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(profile))
+        cfg = _sim_config(run_config, str(path), sim_overrides, str(Path(tmp) / "run"))
+        sim = Simulation(cfg, profile, processor)
+        _, facts = sim.run()
+    return sim.peak_utilisation(facts)
+
+
+def calibrate_at_loads(
+    profile: dict,
+    run_dirs: Sequence[str | Path],
+    sim_overrides: dict | None = None,
+    iterations: int = 8,
+    tolerance: float = 0.01,
+    processor: Any = None,
+    log=print,
+) -> dict:
+    """``profile`` calibrated on each run apart, its factors kept per load (``calibration.points``): the
+    load of a run is its busiest device's utilisation simulated from the profile alone, so a simulation
+    takes the factors of its own load (``epd.sim.costs.factors_at``). One run: ``calibrate``."""
+    base = {k: v for k, v in profile.items() if k != "calibration"}
+    if len(run_dirs) == 1:
+        return calibrate(base, run_dirs[0], sim_overrides, iterations, tolerance, processor, log)
+    points = []
+    for run_dir in run_dirs:
+        log(f"run {run_dir}:")
+        cal = calibrate(base, run_dir, sim_overrides, iterations, tolerance, processor, log)["calibration"]
+        load = simulated_load(run_config_of(Path(run_dir)), base, dict(sim_overrides or {}), processor)
+        log(f"load (busiest device's utilisation, simulated from the profile alone): {load:.3f}")
+        points.append({"load": round(load, 4), **cal})
+    points.sort(key=lambda p: p["load"])
+    out = copy.deepcopy(base)
+    out["calibration"] = {
+        "factors": points[0]["factors"],
+        "points": points,
+        "converged": all(p["converged"] for p in points),
+        "clamped": sorted({k for p in points for k in p["clamped"]}),
+        "run": [p["run"] for p in points],
+        "sim": points[0]["sim"],
+        "note": "factors per load (points); epd.sim takes those of its own run's load, straight lines between "
+        "the points and the nearest point's outside them; factors = the lowest load's",
+    }
+    return out
 
 
 def run_config_of(run_dir: Path) -> dict:
@@ -271,14 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         args, sim = _parse(sys.argv[1:] if argv is None else argv)
         profile = load_profile(args["profile"])
         out = Path(args.get("out") or Path(args["profile"]).with_name("calibrated.json"))
-        result = calibrate(profile, args["run"], sim, int(args["iterations"]), float(args["tolerance"]),
-                           _processor(profile, load_processor))  # fmt: skip
+        runs = [r for r in args["run"].strip("[]").split(",") if r.strip()]
+        result = calibrate_at_loads(profile, [r.strip() for r in runs], sim, int(args["iterations"]),
+                                    float(args["tolerance"]), _processor(profile, load_processor))  # fmt: skip
     except ValueError as exc:
         print(f"epd.sim.calibrate: error: {exc}", file=sys.stderr)
         return 2
     out.write_text(json.dumps(result, indent=1))
     cal = result["calibration"]
-    print("factors: " + ", ".join(f"{k} {v:.3g}" for k, v in cal["factors"].items()))
+    for point in cal.get("points") or [cal]:
+        at = f" at load {point['load']:.3f}" if "load" in point else ""
+        print(f"factors{at}: " + ", ".join(f"{k} {v:.3g}" for k, v in point["factors"].items()))
     print(f"calibrated profile: {out}")
     return 0
 

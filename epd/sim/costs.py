@@ -11,6 +11,10 @@ Measured on one device (``epd.profile``); what one device cannot show is modelle
 - **Between nodes** a transfer runs at ``sim.internode_gbps`` with ``sim.internode_latency_us``
   more fixed cost (assumed, not measured).
 - A **language step** is ``prefill + decode`` parts sharing one fixed cost (``epd.profile.schema``).
+- A calibration made at several loads (``calibration.points``, each a load and its factors) gives
+  factors that move with the load: ``epd.sim.simulate`` first runs the job from the profile alone to
+  find how busy its busiest device is, then takes each factor on the straight line between the
+  points around that utilisation (the nearest point's outside them).
 - A profile's optional ``calibration`` section (``epd.sim.calibrate``: a real run of the job against its
   simulation) scales each kind of work by a factor: ``frontend`` (tokenize and probe), ``fetch``,
   ``preprocess``, ``tower``, ``transfer`` (embeddings), ``kv_transfer``, ``prefill`` and ``decode``
@@ -35,6 +39,32 @@ SHARING = ("num_gpus", "contention", "shared_host", "cpu_cores", "host_cores")
 
 CALIBRATED = ("frontend", "fetch", "preprocess", "tower", "transfer", "kv_transfer", "prefill", "decode")
 """The kinds of work a profile's ``calibration.factors`` may scale (``epd.sim.calibrate``)."""
+
+
+def calibration_points(profile: dict) -> list[tuple[float, dict[str, float]]]:
+    """A calibration made at several loads (``epd.sim.calibrate run=A,B``): ``(load, factors)`` by load,
+    where ``load`` is the utilisation of the busiest device in the run simulated from the profile alone
+    (``Simulation.peak_utilisation``); empty for a calibration made at one load."""
+    points = (profile.get("calibration") or {}).get("points") or []
+    out = []
+    for i, point in enumerate(points):
+        load = point.get("load") if isinstance(point, dict) else None
+        if isinstance(load, bool) or not isinstance(load, (int, float)) or not 0 <= load < float("inf"):
+            raise ValueError(f"profile calibration: points[{i}].load={load!r} must be a number >= 0")
+        out.append((float(load), calibration_factors({"calibration": point})))
+    return sorted(out, key=lambda p: p[0]) if len(out) > 1 else []
+
+
+def factors_at(points: list[tuple[float, dict[str, float]]], load: float) -> dict[str, float]:
+    """Each kind's factor at ``load``: straight lines between the calibration's points, the nearest
+    point's factors outside them (no extrapolation)."""
+    if load <= points[0][0]:
+        return dict(points[0][1])
+    for (l0, f0), (l1, f1) in zip(points, points[1:], strict=False):
+        if load <= l1:
+            w = (load - l0) / (l1 - l0) if l1 > l0 else 1.0
+            return {k: f0[k] + (f1[k] - f0[k]) * w for k in f0}
+    return dict(points[-1][1])
 
 
 def calibration_factors(profile: dict) -> dict[str, float]:
@@ -67,10 +97,15 @@ class MediaSize:
 class CostModel:
     """Seconds of each kind of work on the profiled hardware (before any sharing of a device)."""
 
-    def __init__(self, profile: dict, opts: SimOptions, backend: str) -> None:
+    def __init__(self, profile: dict, opts: SimOptions, backend: str, load: float | None = None) -> None:
         self.profile = profile
         self.model = profile["model"]
-        self.factors = calibration_factors(profile)
+        self.points = calibration_points(profile)
+        self.factors = (
+            factors_at(self.points, load) if self.points and load is not None else calibration_factors(profile)
+        )
+        """Per kind of work; with a calibration at several loads, its factors at ``load`` (the busiest
+        device's utilisation in this run simulated from the profile alone: ``epd.sim.simulate``)."""
         made_with = (profile.get("calibration") or {}).get("sim") or {}
         differ = [f"sim.{k}={getattr(opts, k)!r} (calibrated with {made_with[k]!r})" for k in SHARING
                   if k in made_with and made_with[k] != getattr(opts, k)]  # fmt: skip

@@ -39,12 +39,12 @@ ALL_TOKEN_TIMES_UP_TO = 20000
 
 
 class Simulation:
-    def __init__(self, cfg: SimRunConfig, profile: dict, processor: Any = None) -> None:
+    def __init__(self, cfg: SimRunConfig, profile: dict, processor: Any = None, load: float | None = None) -> None:
         self.cfg = cfg
         self.profile = profile
         run = cfg.run
         self.loop = EventLoop()
-        self.costs = CostModel(profile, cfg.sim, run.transfer.backend)
+        self.costs = CostModel(profile, cfg.sim, run.transfer.backend, load)
         self.topology: SimTopology = (
             from_counts(cfg.sim) if cfg.sim.counts_given else from_config(run.topology, cfg.sim)
         )
@@ -244,6 +244,13 @@ class Simulation:
                 label = pools.get(owner[0], "other") if isinstance(owner, tuple) else labels.get(owner, "other")
                 per[label] = per.get(label, 0.0) + work
         return out
+
+    def peak_utilisation(self, facts: dict) -> float:
+        """The busiest device's share of the measured phase spent on booked work (work / capacity / duration)."""
+        duration = max(facts["end"] - facts["start"], 1e-9)
+        capacity = {d.name: d.capacity for d in (*self.devices.values(), *self.hosts.values(), self.host_of_frontend)}
+        work = facts.get("work_s", {})
+        return max((sum(per.values()) / capacity[dev] / duration for dev, per in work.items()), default=0.0)
 
     # ---- the run ----------------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ On one GPU (the 7B shape, every rank sharing the GPU over shm; run by the lead o
         --profile P/profile.json --rates 1,2,4 --repeats 1 --calibrate
 
 ``--calibrate``: per topology one more real run (the lowest rate, seed ``CALIBRATION_SEED``) on which the
-profile is calibrated (``python -m epd.sim.calibrate``); every run is simulated from it too.
+profile is calibrated (``python -m epd.sim.calibrate``); every run is simulated from it too. With
+``--calibrate-rates 4,20`` one such run at each of those rates: a calibration at several loads.
 ``--resimulate``: the real runs (and profiles) already under ``--out`` are kept; calibrations and
 simulations are done again with this tree's simulator (``--contention`` picks ``sim.contention``).
 """
@@ -104,6 +105,8 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="rebuild the tables from the runs under --out")
     p.add_argument("--calibrate", action="store_true", help="per topology, one more real run (lowest rate, its own "
                    "seed) to calibrate the profile on; every run is simulated from the calibrated profile too")  # fmt: skip
+    p.add_argument("--calibrate-rates", default=None, help="with --calibrate: calibrate on one run at each of "
+                   "these rates (a calibration at several loads, epd.sim.calibrate run=A,B); default: the lowest rate")  # fmt: skip
     p.add_argument("--resimulate", action="store_true", help="keep the real runs (and profiles) under --out; "
                    "calibrate and simulate them again with this tree's simulator")  # fmt: skip
     p.add_argument("--contention", default=None, help="sim.contention for every simulation (default: epd.sim's)")
@@ -171,17 +174,21 @@ def simulate(py: str, args, out: Path, profile: Path, over: list[str]) -> None:
 
 
 def calibrate(py: str, args, topo: str, profile: Path) -> Path:
-    """One real run of ``topo`` at the lowest rate on a seed no measured run uses (``CALIBRATION_SEED``);
-    the profile calibrated on it (``python -m epd.sim.calibrate``)."""
-    rate = min(float(r) for r in args.rates.split(","))
-    tag = f"{topo}_calibration"
-    if not args.resimulate:
-        before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
-        run([py, "-m", "epd.run", f"hydra.run.dir={args.out / 'real' / tag}", device(args),
-             *overrides(args, topo, rate, CALIBRATION_SEED)], args.out / "real" / tag / "job.log")  # fmt: skip
-        record_cores(args.out, tag, min(before, effective_cores()["effective_cores"]))
+    """One real run of ``topo`` at the lowest rate (or at each of ``--calibrate-rates``) on a seed no measured
+    run uses (``CALIBRATION_SEED``); the profile calibrated on it (``python -m epd.sim.calibrate``)."""
+    lowest = min(float(r) for r in args.rates.split(","))
+    rates = sorted(float(r) for r in args.calibrate_rates.split(",")) if args.calibrate_rates else [lowest]
+    dirs = []
+    for rate in rates:
+        tag = f"{topo}_calibration" if rate == lowest else f"{topo}_calibration_r{rate:g}"
+        dirs.append(args.out / "real" / tag)
+        if not args.resimulate:
+            before = wait_for_quiet(args.quiet_cores, args.max_wait_s)
+            run([py, "-m", "epd.run", f"hydra.run.dir={dirs[-1]}", device(args),
+                 *overrides(args, topo, rate, CALIBRATION_SEED)], dirs[-1] / "job.log")  # fmt: skip
+            record_cores(args.out, tag, min(before, effective_cores()["effective_cores"]))
     out = args.out / "profiles" / topo / "calibrated.json"
-    run([py, "-m", "epd.sim.calibrate", f"profile={profile}", f"run={args.out / 'real' / tag}", f"out={out}",
+    run([py, "-m", "epd.sim.calibrate", f"profile={profile}", f"run={','.join(str(d) for d in dirs)}", f"out={out}",
          *sim_options(args)], args.out / "profiles" / topo / "calibrate.log")  # fmt: skip
     return out
 
@@ -292,8 +299,9 @@ def write_tables(rows: list[dict], out: Path) -> None:
 def calibrated_table(rows: list[dict], quiet: list[dict]) -> list[str]:
     """The same runs simulated from the profile calibrated on each topology's calibration run, and on the
     first topology's (``--calibrate``)."""
-    lines = ["", "Simulated from the calibrated profile (calibrated on one more run of the same topology at the "
-             f"lowest rate, seed {CALIBRATION_SEED}; the last column: calibrated on the first topology's run):", "",
+    lines = ["", "Simulated from the calibrated profile (calibrated on more runs of the same topology, seed "
+             f"{CALIBRATION_SEED}: at the lowest rate, or at each of --calibrate-rates; the last column: calibrated on "
+             "the first topology's runs):", "",
              "| topology | req/s | mean TTFT real / calibrated sim, err | p90 TTFT real / sim, err | mean TPOT real / "
              "sim, err | median ITL real / sim, err | throughput real / sim, err | mean TTFT err, first topology's "
              "calibration |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 
 from epd.metrics.records import load_records
 from epd.profile.synthetic import make_profile
-from epd.sim.calibrate import FACTOR_RANGE, _parse, calibrate, stage_means
+from epd.sim.calibrate import FACTOR_RANGE, _parse, calibrate, calibrate_at_loads, stage_means
 from epd.sim.costs import calibration_factors
 from tests.unit.test_sim import run_sim
 
@@ -137,3 +137,45 @@ def test_a_calibration_used_with_other_device_sharing_warns_once(caplog):
             costs = CostModel(profile, SimOptions(num_gpus=8), backend)
     assert len(caplog.records) == 1 and "sim.num_gpus=8 (calibrated with 1)" in caplog.records[0].getMessage()
     assert costs.factors["decode"] == 1.5 and costs.factors["tower"] == 1.0
+
+
+def test_a_calibration_at_two_loads_gives_each_load_its_factors(tmp_path):
+    """The "real" job's tower costs 1.5x more at the high rate (contention that grows with load): calibrated
+    on both runs, a simulation at each rate takes that rate's factor, and one between them a factor between."""
+    split = {"sim.encoders": 1, "sim.language": 1, "workload.num_requests": 30, "workload.output_len": 16,
+             "workload.image_count": 2}  # fmt: skip
+    low, high = {**split, "workload.request_rate": 2.0}, {**split, "workload.request_rate": 12.0}
+    real_low, _ = run_sim(tmp_path / "low", make_profile(**TRUE), **low)
+    real_high, _ = run_sim(tmp_path / "high", make_profile(**{**TRUE, "tower_s": 1.5 * TRUE["tower_s"]}), **high)
+    fitted = calibrate_at_loads(
+        off_profile(), [tmp_path / "high" / "run", tmp_path / "low" / "run"], log=lambda _: None
+    )
+    cal = fitted["calibration"]
+    (l0, p0), (l1, p1) = [(p["load"], p["factors"]) for p in cal["points"]]
+    assert 0 < l0 < l1 and cal["run"][0].endswith(str(tmp_path / "low" / "run"))  # ordered by load
+    assert p0["tower"] == pytest.approx(OFF["tower"], rel=0.03)
+    assert p1["tower"] == pytest.approx(1.5 * OFF["tower"], rel=0.03)
+    assert cal["factors"] == p0  # (the busy run's transfer stage waits on a loop: it may stop 2% off)
+    assert cal["converged"] == all(p["converged"] for p in cal["points"])
+    for rate, real in ((2.0, real_low), (12.0, real_high)):
+        again, _ = run_sim(tmp_path / f"again{rate:g}", fitted, **{**split, "workload.request_rate": rate})
+        assert again["sim"]["calibration"]["factors"]["tower"] == pytest.approx(
+            (p0 if rate == 2.0 else p1)["tower"], rel=0.02
+        )
+        assert again["ttft_ms"]["mean"] == pytest.approx(real["ttft_ms"]["mean"], rel=0.03), rate
+    mid, _ = run_sim(tmp_path / "mid", fitted, **{**split, "workload.request_rate": 6.0})
+    assert l0 < mid["sim"]["calibration"]["load"] < l1
+    assert p0["tower"] < mid["sim"]["calibration"]["factors"]["tower"] < p1["tower"]
+
+
+def test_factors_between_and_beyond_the_points():
+    from epd.sim.costs import calibration_points, factors_at
+
+    profile = {"calibration": {"points": [{"load": 0.6, "factors": {"tower": 3.0}}, {"load": 0.2, "factors": {}}]}}
+    points = calibration_points(profile)
+    assert [load for load, _ in points] == [0.2, 0.6]
+    assert factors_at(points, 0.4)["tower"] == pytest.approx(2.0)
+    assert factors_at(points, 0.0)["tower"] == 1.0 and factors_at(points, 5.0)["tower"] == 3.0  # no extrapolation
+    assert factors_at(points, 0.4)["decode"] == 1.0
+    with pytest.raises(ValueError, match=r"points\[1\].load"):
+        calibration_points({"calibration": {"points": [{"load": 0.1}, {"load": "high"}]}})
