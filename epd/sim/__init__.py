@@ -9,18 +9,14 @@ from epd.profile.schema import load_profile
 from epd.sim.config import SimOptions, SimRunConfig, build_sim_config
 from epd.sim.costs import calibration_points
 from epd.sim.results import summarize_sim, write_results
-from epd.sim.simulation import Simulation, load_processor
+from epd.sim.simulation import Simulation, load_alone, load_processor
 
 
 def simulate(cfg: SimRunConfig, profile: dict | None = None, processor: Any = None, write: bool = True) -> dict:
     """Simulate the run ``cfg`` describes; return its summary (and write results.json unless ``write`` is False)."""
     profile = profile or load_profile(cfg.profile)
-    load = None
-    if calibration_points(profile):  # factors that move with the load: first, how busy is this run?
-        alone = {k: v for k, v in profile.items() if k != "calibration"}
-        first = Simulation(cfg, alone, processor)
-        _, first_facts = first.run()
-        load = first.peak_utilisation(first_facts)
+    # factors that move with the load: first, how busy is this run?
+    load = load_alone(cfg, profile, processor) if calibration_points(profile) else None
     sim = Simulation(cfg, profile, processor, load)
     records, facts = sim.run()
     summary = summarize_sim(cfg, sim, records, facts)

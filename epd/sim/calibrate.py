@@ -49,6 +49,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,29 +143,30 @@ def _sim_config(run_config: dict, profile_path: str, sim_overrides: dict, run_di
     return build_sim_config(raw)
 
 
+@contextmanager
+def _sim_run(run_config: dict, profile: dict, sim_overrides: dict):
+    """The simulated run ``run_config`` describes, from ``profile`` (written to a temporary file for it)."""
+    with tempfile.TemporaryDirectory(prefix="epd-calibrate-") as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(profile))
+        yield _sim_config(run_config, str(path), sim_overrides, str(Path(tmp) / "run"))
+
+
 def simulated_stages(run_config: dict, profile: dict, sim_overrides: dict, processor: Any = None) -> dict[str, float]:
     """Simulate the run ``run_config`` describes from ``profile``; the stage means of its records."""
     from epd.sim import Simulation
 
-    with tempfile.TemporaryDirectory(prefix="epd-calibrate-") as tmp:
-        path = Path(tmp) / "profile.json"
-        path.write_text(json.dumps(profile))
-        cfg = _sim_config(run_config, str(path), sim_overrides, str(Path(tmp) / "run"))
+    with _sim_run(run_config, profile, sim_overrides) as cfg:
         records, _ = Simulation(cfg, profile, processor).run()
     return stage_means(records)
 
 
 def simulated_load(run_config: dict, profile: dict, sim_overrides: dict, processor: Any = None) -> float:
-    """How busy the run's busiest device is, simulated from ``profile`` (``Simulation.peak_utilisation``)."""
-    from epd.sim import Simulation
+    """The run's load from ``profile`` alone (``epd.sim.simulation.load_alone``)."""
+    from epd.sim.simulation import load_alone
 
-    with tempfile.TemporaryDirectory(prefix="epd-calibrate-") as tmp:
-        path = Path(tmp) / "profile.json"
-        path.write_text(json.dumps(profile))
-        cfg = _sim_config(run_config, str(path), sim_overrides, str(Path(tmp) / "run"))
-        sim = Simulation(cfg, profile, processor)
-        _, facts = sim.run()
-    return sim.peak_utilisation(facts)
+    with _sim_run(run_config, profile, sim_overrides) as cfg:
+        return load_alone(cfg, profile, processor)
 
 
 def calibrate_at_loads(

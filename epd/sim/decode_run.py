@@ -101,9 +101,7 @@ def commit(run: DecodeRun, upto: int) -> range:
     engine.steps += k
     work = float(sum(run.works[first:upto]))
     engine.busy_s += work
-    device = engine.device  # the steps' device is the engine's alone here: book them there in one sum
-    device.busy_s += work
-    device.busy_by[engine.owner] = device.busy_by.get(engine.owner, 0.0) + work
+    engine.device.count(engine.owner, work)  # the device is the engine's alone here: counted in one sum
     run.done = upto
     return range(first, upto)
 

@@ -87,7 +87,6 @@ class Device:
         self._history: list[tuple[float, float, float, object]] = []  # (start, end, work, owner), recent
         self._prune_at = 64
         self._owners: set[object] = set()
-        self.busy_s = 0.0
         self.busy_by: dict[object, float] = {}
         """Profiled work booked per owner (seconds): what each thread or process asks of the device."""
 
@@ -108,9 +107,18 @@ class Device:
             self._owners.add(owner)
             self._history.append((now, now + duration, work_s, owner))
         heapq.heappush(booked, (now + duration, now))
-        self.busy_s += work_s
-        self.busy_by[owner] = self.busy_by.get(owner, 0.0) + work_s
+        self.count(owner, work_s)
         return duration
+
+    def count(self, owner: object, work_s: float) -> None:
+        """Add ``work_s`` of ``owner``'s work to the device's accounting (``run`` does; work timed without
+        it, e.g. a fast-forwarded stretch of decode steps, is counted here)."""
+        self.busy_by[owner] = self.busy_by.get(owner, 0.0) + work_s
+
+    @property
+    def busy_s(self) -> float:
+        """Profiled work booked on the device, every owner's (seconds)."""
+        return sum(self.busy_by.values())
 
     def _demand(self, now: float, work_s: float, owner: object) -> float:
         """Device-seconds per second that owners other than ``owner`` ran in the window before ``now``."""

@@ -304,6 +304,14 @@ class Simulation:
         return records, facts
 
 
+def load_alone(cfg: SimRunConfig, profile: dict, processor: Any = None) -> float:
+    """The load a calibration at several loads is indexed by: the busiest device's utilisation in the run
+    ``cfg`` describes, simulated from ``profile`` without its calibration (``Simulation.peak_utilisation``)."""
+    sim = Simulation(cfg, {k: v for k, v in profile.items() if k != "calibration"}, processor)
+    _, facts = sim.run()
+    return sim.peak_utilisation(facts)
+
+
 def _minus(after: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     return {dev: {k: v - before.get(dev, {}).get(k, 0.0) for k, v in per.items()} for dev, per in after.items()}
 

@@ -279,12 +279,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
             f"| {r['err_ttft_mean_one_profile']:+.0%} |"
         )
     lines += ["", "Ranking by mean TTFT (best first), per rate:", ""]
-    for rate in sorted({r["rate"] for r in rows}):
-        at = [r for r in rows if r["rate"] == rate]
-        real = [r["topology"] for r in sorted(at, key=lambda r: r["real_ttft_mean"])]
-        sim = [r["topology"] for r in sorted(at, key=lambda r: r["sim_ttft_mean"])]
-        lines.append(f"- {rate:g} req/s: real {' < '.join(real)}; sim {' < '.join(sim)}"
-                     f"{'' if real == sim else ' (differs)'}")  # fmt: skip
+    lines += ranking(rows, "sim_ttft_mean")
     quiet = [r for r in rows if not r["noisy"]] or rows
     errors = {m: statistics.mean(abs(r[f"err_{m}"]) for r in quiet) for m in METRICS}
     errors["ttft_mean (one profile)"] = statistics.mean(abs(r["err_ttft_mean_one_profile"]) for r in quiet)
@@ -294,6 +289,18 @@ def write_tables(rows: list[dict], out: Path) -> None:
         lines += calibrated_table(rows, quiet)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def ranking(rows: list[dict], sim_key: str) -> list[str]:
+    """Per rate, the topologies by real mean TTFT and by ``sim_key`` (best first), and whether they differ."""
+    lines = []
+    for rate in sorted({r["rate"] for r in rows}):
+        at = [r for r in rows if r["rate"] == rate]
+        real = [r["topology"] for r in sorted(at, key=lambda r: r["real_ttft_mean"])]
+        sim = [r["topology"] for r in sorted(at, key=lambda r: r[sim_key])]
+        lines.append(f"- {rate:g} req/s: real {' < '.join(real)}; sim {' < '.join(sim)}"
+                     f"{'' if real == sim else ' (differs)'}")  # fmt: skip
+    return lines
 
 
 def calibrated_table(rows: list[dict], quiet: list[dict]) -> list[str]:
@@ -311,12 +318,7 @@ def calibrated_table(rows: list[dict], quiet: list[dict]) -> list[str]:
                                  ("itl_p50", 3, " ms"), ("throughput", 2, " req/s"))]  # fmt: skip
         lines.append(f"| {r['topology']} | {r['rate']:g} | {' | '.join(cells)} | {r['err_cal_one_ttft_mean']:+.0%} |")
     lines += ["", "Ranking by mean TTFT (best first), calibrated:", ""]
-    for rate in sorted({r["rate"] for r in rows}):
-        at = [r for r in rows if r["rate"] == rate]
-        real = [r["topology"] for r in sorted(at, key=lambda r: r["real_ttft_mean"])]
-        cal = [r["topology"] for r in sorted(at, key=lambda r: r["cal_ttft_mean"])]
-        lines.append(f"- {rate:g} req/s: real {' < '.join(real)}; sim {' < '.join(cal)}"
-                     f"{'' if real == cal else ' (differs)'}")  # fmt: skip
+    lines += ranking(rows, "cal_ttft_mean")
     errors = {m: statistics.mean(abs(r[f"err_cal_{m}"]) for r in quiet) for m in METRICS}
     errors["ttft_mean (first topology's calibration)"] = statistics.mean(abs(r["err_cal_one_ttft_mean"]) for r in quiet)
     lines += ["", f"Mean absolute error, calibrated, over the {len(quiet)} rows not dominated by noise: "
